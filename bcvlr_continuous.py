@@ -1,0 +1,1140 @@
+# docs and experiment results can be found at docs/continuous.md
+"""BCV-LR: Behavior Cloning from Videos via Latent Representations (single file, DMControl + Metaworld).
+
+Offline, from action-free expert videos: (1) a conv encoder f learns features with a Proto-RL temporal loss,
+(2) an inverse dynamics model p with a VQ bottleneck and a U-Net world model w learn latent actions,
+(3) a latent policy pi clones p's latent actions. Online, without rewards: every 1000 agent steps p, w and an action
+decoder d are fine-tuned on the agent's own transitions, pi is re-cloned on the videos, and the policy is evaluated.
+
+$ python bcvlr_continuous.py --env-id reacher_hard
+$ python bcvlr_continuous.py --env-id drawer-open-v3 --ssl-steps 500 --lam-steps 500 --bc-steps 500 --no-cuda
+"""
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must be set before mujoco is imported
+import copy
+import csv
+import json
+import math
+import random
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import trange
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=False`"""
+    cuda: bool = True
+    """if toggled, cuda will be enabled by default"""
+    track: bool = False
+    """if toggled, this experiment will be tracked with Weights and Biases"""
+    wandb_project_name: str = "bcvlr"
+    """the wandb's project name"""
+    wandb_entity: Optional[str] = None
+    """the entity (team) of wandb's project"""
+    capture_video: bool = False
+    """whether to capture videos of the agent performances (check out `videos` folder)"""
+    save_model: bool = True
+    """whether to save model into the `runs/{run_name}` folder"""
+
+    # Algorithm specific arguments
+    env_id: str = "reacher_hard"
+    """DMControl `<domain>_<task>` (reacher_hard, cup_catch, cheetah_run_backward, jaco_reach_top_right) or Metaworld v3 id"""
+    total_timesteps: int = -1
+    """online budget in env steps (DMControl: frames = agent steps x action repeat); -1 = 100k DMControl, 50k Metaworld"""
+    action_repeat: int = -1
+    """env steps per agent action (rewards summed); -1 = 2 for DMControl, 1 for Metaworld"""
+    max_episode_steps: int = 0
+    """cut episodes after this many agent steps (for quick tests); 0 = the env's own limit (DMC 1000 frames, Metaworld 500)"""
+    num_threads: int = 0
+    """torch CPU threads (1 on a shared machine); 0 = torch default"""
+    video_dir: str = "expert_data/{env_id}"
+    """folder of expert videos: train/*.npz frame stacks, per-episode npz of single frames, or .mp4/.gif/.webm/.avi files"""
+    video_env_ids: tuple[str, ...] = ()
+    """multi-task pretraining: env ids whose videos are mixed for stages 1-3 (() = env_id); online uses env_id's videos"""
+    num_video_transitions: int = 0
+    """use only the first N video frames per env id (Figure 5 / App. C.5 ablation); 0 = all"""
+    max_video_memory_gb: float = 16.0
+    """memory cap for the video frames of one env id; loading stops (with a message) when it is reached"""
+    offline_checkpoint: Optional[str] = None
+    """path of an offline.pt from an earlier run: load f, p, w, pi and skip stages 1-3"""
+
+    # Stage 1: encoder pretraining (official YAML: ssl)
+    ssl_encoder: bool = True
+    """train f with the Proto-RL temporal loss; --no-ssl-encoder = random frozen encoder (ablation)"""
+    ssl_steps: int = 50_000
+    """stage 1 gradient steps"""
+    ssl_batch_size: int = 512
+    """stage 1 batch size (video pairs)"""
+    ssl_lr: float = 1e-4
+    """stage 1 Adam learning rate"""
+    aug_pad: int = 4
+    """random-shift augmentation padding (pixels)"""
+    num_protos: int = 512
+    """number of Proto-RL prototypes"""
+    proto_temperature: float = 0.1
+    """softmax temperature T of the prototype scores"""
+    sinkhorn_iters: int = 3
+    """Sinkhorn-Knopp iterations for the target assignments"""
+    ssl_tau: float = 0.05
+    """EMA rate of the target encoder/projector, updated every step"""
+    encoder_channels: int = 32
+    """channels of every conv layer of f (features: channels x 32 x 32)"""
+
+    # Stage 2: latent action model (official YAML: offline_pt)
+    lam_steps: int = 50_000
+    """stage 2 gradient steps"""
+    lam_batch_size: int = 128
+    """stage 2 batch size"""
+    lam_lr: float = 3e-4
+    """stage 2 AdamW learning rate"""
+    lam_grad_clip: float = 2.0
+    """stage 2 gradient-norm clip"""
+    impala_scale: int = 4
+    """IDM IMPALA width multiplier: channels (16, 32, 32) x scale"""
+    wm_scale: int = 24
+    """U-Net world model base width"""
+    vq_commitment: float = 0.05
+    """weight of the VQ commitment loss"""
+    probe_every: int = 5000
+    """stage 2 steps between latent-action probes (diagnostic on expert actions, if the videos have `ta`)"""
+
+    # Stage 3: latent behaviour cloning (official YAML: latent_policy_imitaiton)
+    bc_steps: int = 20_000
+    """stage 3 gradient steps"""
+    bc_batch_size: int = 128
+    """stage 3 batch size"""
+    bc_lr: float = 2e-4
+    """stage 3 AdamW learning rate"""
+    policy_hidden: int = 1024
+    """hidden width of the policy MLP (DrQ-v2 actor)"""
+
+    # Online: fine-tuning and re-cloning (official YAML: online_ft)
+    warmup_steps: int = 999
+    """agent steps with uniform random actions before the policy acts"""
+    iteration_steps: int = 1000
+    """agent steps between two rounds of (fine-tune, re-clone, evaluate)"""
+    finetune_latent_actions: bool = True
+    """fine-tune p (and w) online with L_ft; --no-finetune-latent-actions = only d is trained on the replay (ablation)"""
+    ft_updates: int = -1
+    """L_ft updates per round: -1 = official (100 reacher/jaco/Metaworld, else ceil(step/256)), -2 = ceil(step/256), N = N"""
+    ft_batch_size: int = 512
+    """L_ft batch size (replay pairs)"""
+    ft_lr: float = 1e-3
+    """Adam learning rate of p and d online"""
+    ft_wm_coef: float = -1.0
+    """weight alpha of the dynamics term in L_ft (0 = none); -1 = official: 1e-3 reacher/jaco/Metaworld, else 1e-5"""
+    wm_online_lr: float = -1.0
+    """Adam learning rate of w online (0 = frozen w); -1 = official: 1e-3 reacher/jaco/Metaworld, else 1e-5"""
+    online_bc_updates: int = 1000
+    """policy re-cloning updates per round"""
+    online_bc_batch_size: int = 128
+    """policy re-cloning batch size (video pairs)"""
+    online_bc_lr: float = 1e-3
+    """policy re-cloning Adam learning rate"""
+    expl_std: float = 0.5
+    """std of the Gaussian exploration noise added to d(pi(o))"""
+    eval_episodes: int = 10
+    """deterministic evaluation episodes per round"""
+    buffer_size: int = 100_000
+    """replay buffer capacity (frame stacks)"""
+
+
+class DataError(Exception):
+    """Bad input (missing/corrupted videos, unknown env id): reported as one line, exit status 1."""
+
+
+# ----------------------------------------------------------------------------- environments
+def is_metaworld(env_id: str) -> bool:
+    return env_id.endswith("-v3")
+
+
+DMC_ALIASES = {"cup_catch": ("ball_in_cup", "catch"), "cheetah_run_backward": ("cheetah", "run_backward")}
+
+
+def official_overrides(env_id: str):
+    """(ft_updates, ft_wm_coef, wm_online_lr) of the official run_online.py; -2 means ceil(agent_step / 256).
+    The official code hard-codes 100 / 1e-3 / 1e-3 for reacher_* and jaco_*; for Metaworld (no code released) we use the
+    same values (our guess, ../shared/spec/algorithm.md §10.15)."""
+    if env_id.startswith(("reacher", "jaco")) or is_metaworld(env_id):
+        return 100, 1e-3, 1e-3
+    return -2, 1e-5, 1e-5
+
+
+def check_env_id(env_id: str):
+    """Raises DataError for an id that is neither a DMControl suite task nor a Metaworld v3 task."""
+    if is_metaworld(env_id):
+        import metaworld  # noqa: F401  (registers Meta-World/MT1)
+
+        if env_id in metaworld.env_dict.ALL_V3_ENVIRONMENTS:
+            return
+    else:
+        from dm_control import suite
+
+        jaco = {f"jaco_reach_{target}" for target in JACO_TARGETS}
+        if env_id in DMC_ALIASES or env_id in jaco or env_id in {f"{d}_{t}" for d, t in suite.ALL_TASKS}:
+            return
+    raise DataError(
+        f"unknown env id '{env_id}': use a DMControl <domain>_<task> id (reacher_hard, finger_spin, cup_catch, "
+        "cheetah_run_backward, jaco_reach_bottom_left, ...) or a Metaworld v3 id (drawer-open-v3, reach-v3, ...)"
+    )
+
+
+def load_cheetah_run_backward(seed):
+    """URLB's cheetah `run_backward`: the suite's cheetah run task, rewarded for running in the -x direction. As in URLB's
+    cheetah.xml the floor is drawn 200 m long instead of 100 m, so it stays visible behind the start."""
+    from dm_control.rl import control
+    from dm_control.suite import cheetah
+    from dm_control.utils import rewards
+
+    class RunBackward(cheetah.Cheetah):
+        def get_reward(self, physics):
+            speed = cheetah._RUN_SPEED  # 10 m/s, as in the suite's run task
+            bounds = (speed, float("inf"))
+            return rewards.tolerance(-physics.speed(), bounds=bounds, margin=speed, value_at_margin=0, sigmoid="linear")
+
+    xml, assets = cheetah.get_model_and_assets()
+    physics = cheetah.Physics.from_xml_string(xml.replace(b'size="100 .8 .5"', b'size="200 .8 .5"'), assets)
+    return control.Environment(physics, RunBackward(random=seed), time_limit=cheetah._DEFAULT_TIME_LIMIT)
+
+
+JACO_TARGETS = {
+    "top_left": (-0.09, 0.09),
+    "top_right": (0.09, 0.09),
+    "bottom_left": (-0.09, -0.09),
+    "bottom_right": (0.09, -0.09),
+}
+
+
+def load_jaco_reach(target, seed):
+    """URLB's Jaco `reach_<target>`: dm_control's manipulation Reach task (Jaco arm, Duplo brick as target) with the brick
+    always at one fixed corner; 10 s episodes at a 0.04 s control step (250 env steps). Pixels from camera `front_close`."""
+    from dm_control import composer
+    from dm_control.entities import props
+    from dm_control.manipulation import reach
+    from dm_control.manipulation.shared import arenas, constants, observations, robots, workspaces
+
+    x, y = JACO_TARGETS[target]
+    workspace = reach._DUPLO_WORKSPACE._replace(target_bbox=workspaces.BoundingBox(lower=(x, y, 0.001), upper=(x, y, 0.001)))
+    obs = observations.PERFECT_FEATURES  # no camera observables: we render the pixels ourselves
+    prop = props.Duplo(observable_options=observations.make_options(obs, observations.FREEPROP_OBSERVABLES))
+    task = reach.Reach(arena=arenas.Standard(), arm=robots.make_arm(obs_settings=obs), hand=robots.make_hand(obs_settings=obs),
+                       prop=prop, obs_settings=obs, workspace=workspace, control_timestep=constants.CONTROL_TIMESTEP)
+    return composer.Environment(task, time_limit=10.0, random_state=seed)
+
+
+class DMCPixels(gym.Env):
+    """A DMControl task as a gymnasium env: actions in [-1, 1]^A rescaled to the actuator range, observation = one
+    64x64 RGB frame (camera 0, Jaco front_close; fast render settings); `action_repeat` control steps per action."""
+
+    def __init__(self, env_id, seed, action_repeat, size=64):
+        from dm_control import suite
+
+        self.camera = "front_close" if env_id.startswith("jaco_reach_") else 0
+        if env_id.startswith("jaco_reach_"):
+            self._env = load_jaco_reach(env_id[len("jaco_reach_") :], seed)
+        elif env_id == "cheetah_run_backward":
+            self._env = load_cheetah_run_backward(seed)
+        else:
+            domain, task = DMC_ALIASES.get(env_id) or next((d, t) for d, t in suite.ALL_TASKS if f"{d}_{t}" == env_id)
+            self._env = suite.load(domain, task, task_kwargs={"random": seed})
+        quality = self._env.physics.model.vis.quality  # fast rendering: no MSAA, no shadows (dependencies.md §2)
+        quality.offsamples, quality.shadowsize = 0, 0
+        spec = self._env.action_spec()
+        self._low, self._high = spec.minimum.astype(np.float32), spec.maximum.astype(np.float32)
+        self.action_repeat, self.size = action_repeat, size
+        self.action_space = gym.spaces.Box(-1.0, 1.0, spec.shape, np.float32)
+        self.observation_space = gym.spaces.Box(0, 255, (size, size, 3), np.uint8)
+
+    def _frame(self):
+        return self._env.physics.render(height=self.size, width=self.size, camera_id=self.camera)
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self._env.reset()
+        return self._frame(), {}
+
+    def step(self, action):
+        action = self._low + (np.clip(action, -1.0, 1.0) + 1.0) / 2.0 * (self._high - self._low)  # [-1,1] -> [low,high]
+        reward = 0.0
+        for _ in range(self.action_repeat):
+            time_step = self._env.step(action)
+            reward += time_step.reward or 0.0
+            if time_step.last():
+                break
+        return self._frame(), reward, False, time_step.last(), {}
+
+
+class MetaworldPixels(gym.Env):
+    """A Metaworld v3 MT1 task from pixels: camera corner2 at 64x64 flipped upright, fast render settings, 500-step
+    episodes; info["success"] is 1.0 if the task was solved at any env step inside this agent step."""
+
+    def __init__(self, env_id, seed, action_repeat, size=64):
+        import metaworld  # noqa: F401  (registers Meta-World/MT1)
+
+        kw = dict(env_name=env_id, seed=seed, render_mode="rgb_array", camera_name="corner2", width=size, height=size)
+        self._env = gym.make("Meta-World/MT1", **kw)
+        quality = self._env.unwrapped.model.vis.quality
+        quality.offsamples, quality.shadowsize = 0, 0
+        self.action_repeat = action_repeat
+        self.action_space = gym.spaces.Box(-1.0, 1.0, self._env.action_space.shape, np.float32)
+        self.observation_space = gym.spaces.Box(0, 255, (size, size, 3), np.uint8)
+
+    def _frame(self):
+        return np.ascontiguousarray(self._env.render()[::-1, ::-1])  # corner cameras render upside down
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self._env.reset()
+        return self._frame(), {}
+
+    def step(self, action):
+        reward, success = 0.0, 0.0
+        for _ in range(self.action_repeat):
+            _, r, terminated, truncated, info = self._env.step(np.clip(action, -1.0, 1.0))
+            reward, success = reward + r, max(success, float(info["success"]))
+            if terminated or truncated:
+                break
+        return self._frame(), reward, terminated, truncated, {"success": success}
+
+    def close(self):
+        self._env.close()  # frees the EGL context now (otherwise an ignored traceback is printed at exit)
+
+
+class FrameStack(gym.Wrapper):
+    """Observation = the last k frames channels-first, oldest first: k x [H, W, 3] -> [3k, H, W] uint8.
+    At reset the first frame is repeated k times (DrQ-v2 FrameStack), exactly as in the expert videos."""
+
+    def __init__(self, env, k=3):
+        super().__init__(env)
+        self.k, self.frames = k, deque(maxlen=k)
+        h, w, c = env.observation_space.shape
+        self.observation_space = gym.spaces.Box(0, 255, (k * c, h, w), np.uint8)
+
+    def _obs(self):
+        return np.concatenate([f.transpose(2, 0, 1) for f in self.frames], axis=0)  # k x [3, H, W] -> [3k, H, W]
+
+    def reset(self, **kwargs):
+        frame, info = self.env.reset(**kwargs)
+        self.frames.extend([frame] * self.k)
+        return self._obs(), info
+
+    def step(self, action):
+        frame, reward, terminated, truncated, info = self.env.step(action)
+        self.frames.append(frame)
+        return self._obs(), reward, terminated, truncated, info
+
+
+def make_env(env_id, seed, action_repeat=-1, max_episode_steps=0, frame_stack=3):
+    """The env of agent and experts: 64x64 RGB, frame stack 3 -> [9, 64, 64] uint8, action repeat, actions in [-1, 1]."""
+    check_env_id(env_id)
+    action_repeat = action_repeat if action_repeat > 0 else (1 if is_metaworld(env_id) else 2)
+    env = (MetaworldPixels if is_metaworld(env_id) else DMCPixels)(env_id, seed, action_repeat)
+    if max_episode_steps > 0:
+        env = gym.wrappers.TimeLimit(env, max_episode_steps)
+    env = FrameStack(env, frame_stack)
+    env.action_space.seed(seed)
+    return env
+
+
+# ----------------------------------------------------------------------------- data
+VIDEO_EXTS = (".mp4", ".gif", ".webm", ".avi")
+
+
+def expert_command(env_id):
+    return f"python experts/{'metaworld' if is_metaworld(env_id) else 'dmc'}_expert.py --env-id {env_id}"
+
+
+def one_line(e):
+    return " ".join(str(e).split())
+
+
+def stack_frames(frames, k=3):
+    """[T, H, W, 3] frames of ONE episode -> [T, 3k, H, W] stacks, oldest first, first frame repeated (like FrameStack)."""
+    idx = np.clip(np.arange(len(frames))[:, None] + np.arange(-k + 1, 1)[None, :], 0, None)  # [T, k] source frame ids
+    stacks = frames[idx]  # [T, k, H, W, 3]
+    t, _, h, w, c = stacks.shape
+    return stacks.transpose(0, 1, 4, 2, 3).reshape(t, k * c, h, w)  # [T, k, 3, H, W] -> [T, 3k, H, W]
+
+
+def resize_frames(frames, size=64):
+    """[T, H, W, 3] uint8 -> [T, size, size, 3] uint8 (bilinear with antialiasing), in chunks to bound memory."""
+    if frames.shape[1:3] == (size, size):
+        return frames
+    out = []
+    for i in range(0, len(frames), 256):
+        x = torch.from_numpy(np.ascontiguousarray(frames[i : i + 256])).permute(0, 3, 1, 2).float()  # [t, 3, H, W]
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out.append(x.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy())
+    return np.concatenate(out)
+
+
+def read_chunk(path: Path):
+    """One file -> dict(obs=[N, 9, 64, 64] uint8, done=[N] bool, ta=[N, A] or None, ep_returns=[N] or None)."""
+    try:
+        if path.suffix.lower() == ".npz":
+            with np.load(path) as npz:
+                data = {k: npz[k] for k in npz.files}
+        else:  # one episode per video file; mp4/webm/avi through ffmpeg, gif through pillow
+            import imageio.v3 as iio
+
+            data = {"obs": np.asarray(iio.imread(path, index=None))}
+    except Exception as e:
+        raise DataError(f"could not read {path} ({type(e).__name__}: {one_line(e)[:200]}); re-create or delete this file")
+    if "obs" not in data:
+        raise DataError(f"{path} has no 'obs' array (keys: {sorted(data)}); see the data layout in docs/continuous.md")
+    obs = data["obs"]
+    if path.suffix.lower() != ".npz" and obs.ndim == 4 and obs.shape[-1] == 4:
+        obs = obs[..., :3]  # RGBA gif -> RGB
+    n = len(obs)
+    if n == 0:
+        raise DataError(f"{path} holds no frames; re-create or delete this file")
+    done = data["done"].astype(bool).reshape(n) if "done" in data and len(data["done"]) == n else np.zeros(n, bool)
+    if obs.dtype == np.uint8 and obs.ndim == 4 and obs.shape[1:] == (9, 64, 64):
+        stacks = obs  # official layout: already stacked by the recorder
+    elif obs.dtype == np.uint8 and obs.ndim == 4 and obs.shape[-1] == 3 and min(obs.shape[1:3]) >= 8:
+        frames, ends = resize_frames(obs), np.flatnonzero(done[:-1]) + 1  # single frames; split episodes at `done`
+        stacks = np.concatenate([stack_frames(ep) for ep in np.split(frames, ends)])
+    else:
+        raise DataError(
+            f"{path}: obs has shape {obs.shape} and dtype {obs.dtype}; expected uint8 (N, 9, 64, 64) frame stacks "
+            "or uint8 (T, H, W, 3) single frames of one episode"
+        )
+    done[-1] = True  # never pair the last frame of a file with the first frame of the next one
+    ta = data.get("ta")
+    ta = ta.astype(np.float32).reshape(n, -1) if ta is not None and len(ta) == n else None
+    ep_returns = data.get("ep_returns")
+    ep_returns = ep_returns.astype(np.float32).reshape(n) if ep_returns is not None and len(ep_returns) == n else None
+    return dict(obs=stacks, done=done, ta=ta, ep_returns=ep_returns)
+
+
+def file_order(path: Path):
+    return (0, int(path.stem), "") if path.stem.isdigit() else (1, 0, path.name)  # integer stems in numeric order
+
+
+class VideoData:
+    """Expert frame stacks in CPU memory. Pair i = (obs[i], obs[i+1]) is usable only if done[i] is False, so pairs never
+    cross an episode end or a file boundary. `ta` (expert actions) is read ONLY by diagnostics."""
+
+    def __init__(self, chunks):
+        self.obs = chunks[0]["obs"] if len(chunks) == 1 else np.concatenate([c["obs"] for c in chunks])  # [N, 9, 64, 64] uint8
+        self.done = np.concatenate([c["done"] for c in chunks])  # [N] bool
+        has_ta = all(c["ta"] is not None for c in chunks) and len({c["ta"].shape[1] for c in chunks}) == 1
+        self.ta = np.concatenate([c["ta"] for c in chunks]) if has_ta else None
+        has_ret = all(c["ep_returns"] is not None for c in chunks)
+        self.ep_returns = np.concatenate([c["ep_returns"] for c in chunks]) if has_ret else None
+        self.valid = np.flatnonzero(~self.done)  # [M] indices i of usable pairs (i, i+1)
+
+    def video_return(self):
+        """Mean episode return of the videos (from `ep_returns` at each episode's last frame), or None if unknown."""
+        return None if self.ep_returns is None else float(self.ep_returns[self.done].mean())
+
+    def sample(self, batch_size, rng):
+        return self.valid[rng.integers(0, len(self.valid), size=batch_size)]
+
+    def pairs(self, idx, device):
+        """-> obs_t, obs_tp1: [B, 9, 64, 64] uint8 on device."""
+        return torch.from_numpy(self.obs[idx]).to(device), torch.from_numpy(self.obs[idx + 1]).to(device)
+
+
+def load_videos(video_dir, env_id, max_transitions=0, max_gb=16.0):
+    """Reads `video_dir/train/*` (or `video_dir/*`): npz frame stacks, npz single frames, or video files."""
+    root = Path(video_dir)
+    if not root.is_dir():
+        raise DataError(f"video folder {root} not found: record videos with `{expert_command(env_id)}` or pass --video-dir")
+    folder = root / "train" if (root / "train").is_dir() else root
+    files = sorted((p for p in folder.iterdir() if p.suffix.lower() in (".npz",) + VIDEO_EXTS), key=file_order)
+    if not files:
+        raise DataError(f"no .npz/.mp4/.gif/.webm/.avi files in {folder}: record videos with `{expert_command(env_id)}`")
+    chunks, n_frames = [], 0
+    for path in files:
+        chunk = read_chunk(path)
+        room = int(max_gb * 2**30) // chunk["obs"][0].nbytes - n_frames  # frames that still fit under the memory cap
+        if room < len(chunk["obs"]) and (max_transitions <= 0 or room < max_transitions - n_frames):
+            print(f"memory cap (--max-video-memory-gb {max_gb}): using the first {n_frames + max(room, 0)} frames of {folder}")
+        if max_transitions > 0:
+            room = min(room, max_transitions - n_frames)
+        if room < len(chunk["obs"]):  # keep the first `room` frames; the new last frame ends its episode
+            chunk = {k: (v[: max(room, 0)] if v is not None else None) for k, v in chunk.items()}
+            chunk["done"][-1:] = True
+        if len(chunk["obs"]) > 0:
+            chunks.append(chunk)
+            n_frames += len(chunk["obs"])
+        if room <= len(chunk["obs"]):
+            break
+    if not chunks:
+        raise DataError(f"no frames could be loaded from {folder} (check --num-video-transitions and --max-video-memory-gb)")
+    return VideoData(chunks)
+
+
+class ReplayBuffer:
+    """The agent's frame stacks in the same layout as the videos: act[i] was taken at obs[i]; done[i] marks the last
+    frame of an episode (stored with a dummy action). Pairs (i, i+1) with done[i] are never sampled; FIFO when full."""
+
+    def __init__(self, capacity, obs_shape, act_dim):
+        self.obs = np.zeros((capacity, *obs_shape), np.uint8)
+        self.act = np.zeros((capacity, act_dim), np.float32)
+        self.done = np.ones(capacity, bool)  # unwritten slots count as episode ends, so they are never sampled
+        self.capacity, self.pos = capacity, 0
+
+    def add(self, obs, action, done):
+        self.obs[self.pos], self.act[self.pos], self.done[self.pos] = obs, action, done
+        self.pos = (self.pos + 1) % self.capacity
+
+    def sample(self, batch_size, rng, device):
+        newest = (self.pos - 1) % self.capacity  # its successor is not written yet
+        valid = np.flatnonzero(~self.done)
+        valid = valid[valid != newest]
+        idx = valid[rng.integers(0, len(valid), size=batch_size)]
+        nxt = (idx + 1) % self.capacity
+        to = lambda x: torch.from_numpy(x).to(device)  # noqa: E731
+        return to(self.obs[idx]), to(self.obs[nxt]), to(self.act[idx])  # [B, 9, 64, 64] x2 uint8, [B, A] float
+
+
+# ----------------------------------------------------------------------------- networks (in the order they are trained)
+def orthogonal_init(m):
+    """DrQ-v2 / Proto-RL init: orthogonal weights (gain sqrt(2) for convs), zero bias."""
+    if isinstance(m, (nn.Conv2d, nn.Linear)):
+        nn.init.orthogonal_(m.weight, gain=nn.init.calculate_gain("relu") if isinstance(m, nn.Conv2d) else 1.0)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+def random_shift(x, pad):
+    """DrQ random shift: replicate-pad by `pad`, then crop back at a random integer offset per sample. [B, C, H, W] float."""
+    b, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")  # [B, C, H+2p, W+2p]
+    off = torch.randint(0, 2 * pad + 1, (b, 2), device=x.device)
+    rows = (off[:, 0:1] + torch.arange(h, device=x.device))[:, :, None]  # [B, H, 1]
+    cols = (off[:, 1:2] + torch.arange(w, device=x.device))[:, None, :]  # [B, 1, W]
+    batch = torch.arange(b, device=x.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)  # [B, H, W, C] -> [B, C, H, W]
+
+
+class Encoder(nn.Module):
+    """f: DrQ/Proto-RL conv encoder with padding. [B, 9, 64, 64] (uint8 or float in 0..255) -> [B, C, 32, 32]."""
+
+    def __init__(self, in_channels=9, channels=32):
+        super().__init__()
+        layers = [nn.Conv2d(in_channels, channels, 3, stride=2, padding=1), nn.ReLU()]
+        for _ in range(3):
+            layers += [nn.Conv2d(channels, channels, 3, stride=1, padding=1), nn.ReLU()]
+        self.convnet = nn.Sequential(*layers)
+        self.apply(orthogonal_init)
+
+    def forward(self, obs):
+        return self.convnet(obs.float() / 255.0 - 0.5)
+
+
+class ProtoSSL(nn.Module):
+    """Stage-1 heads of Proto-RL (github.com/denisyarats/proto proto.py) used across time: projector h, predictor g,
+    prototypes C, and EMA targets of f and h."""
+
+    def __init__(self, encoder, feat_dim, proj_dim=128, num_protos=512):
+        super().__init__()
+        self.encoder = encoder
+        self.projector = nn.Linear(feat_dim, proj_dim)
+        self.predictor = nn.Sequential(nn.Linear(proj_dim, 512), nn.ReLU(), nn.Linear(512, proj_dim))
+        self.protos = nn.Linear(proj_dim, num_protos, bias=False)
+        for m in (self.projector, self.predictor, self.protos):
+            m.apply(orthogonal_init)
+        self.target_encoder = copy.deepcopy(encoder).requires_grad_(False)
+        self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)
+
+    def online_parameters(self):
+        return [p for m in (self.encoder, self.projector, self.predictor, self.protos) for p in m.parameters()]
+
+
+class ImpalaResBlock(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.conv0 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x):
+        return x + self.conv1(F.relu(self.conv0(F.relu(x))))
+
+
+def conv_sequence(in_channels, out_channels):
+    """IMPALA ConvSequence: conv -> maxpool 3x3 stride 2 (halves H, W) -> 2 residual blocks."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1),
+        nn.MaxPool2d(3, stride=2, padding=1),
+        ImpalaResBlock(out_channels),
+        ImpalaResBlock(out_channels),
+    )
+
+
+class VectorQuantizerEMA(nn.Module):
+    """EMA-codebook VQ as in LAPO (github.com/schmidtdominik/LAPO lapo/models.py VQEmbeddingEMA): the 128-d latent is
+    read as [num_codebooks, dim, num_latents]; each dim-vector is snapped to its nearest code of its codebook."""
+
+    def __init__(self, num_codebooks=2, num_latents=4, dim=16, num_codes=64, decay=0.999, eps=1e-5):
+        super().__init__()
+        self.n, self.h, self.d, self.k, self.decay, self.eps = num_codebooks, num_latents, dim, num_codes, decay, eps
+        codes = torch.empty(num_codebooks, num_codes, dim).uniform_(-5.0 / num_codes, 5.0 / num_codes)
+        self.register_buffer("codebook", codes)  # [N, K, D]
+        self.register_buffer("ema_count", torch.zeros(num_codebooks, num_codes))  # [N, K]
+        self.register_buffer("ema_sum", codes.clone())  # [N, K, D]
+
+    def forward(self, la):
+        b = la.shape[0]
+        x = la.view(b, self.n, self.d, self.h).permute(1, 0, 3, 2).reshape(self.n, b * self.h, self.d)  # [N, B*H, D]
+        dist = (x.pow(2).sum(-1, keepdim=True) - 2 * x @ self.codebook.transpose(1, 2) + self.codebook.pow(2).sum(-1)[:, None])
+        onehot = F.one_hot(dist.argmin(-1), self.k).type_as(x)  # [N, B*H, K]
+        quant = onehot @ self.codebook  # [N, B*H, D], nearest codewords (before this batch's EMA update)
+        if self.training:  # EMA codebook update (no codebook loss), with Laplace smoothing of the counts
+            with torch.no_grad():
+                self.ema_count.mul_(self.decay).add_((1 - self.decay) * onehot.sum(1))
+                total = self.ema_count.sum(-1, keepdim=True)
+                self.ema_count.copy_((self.ema_count + self.eps) / (total + self.k * self.eps) * total)
+                self.ema_sum.mul_(self.decay).add_((1 - self.decay) * onehot.transpose(1, 2) @ x)  # [N, K, D]
+                self.codebook.copy_(self.ema_sum / self.ema_count[..., None])
+        quant = quant.view(self.n, b, self.h, self.d).permute(1, 0, 3, 2).reshape(b, -1)  # back to [B, N*D*H]
+        commitment = F.mse_loss(la, quant.detach())
+        la_q = la + (quant - la).detach()  # straight-through estimator
+        usage = onehot.mean(1)  # [N, K]
+        perplexity = torch.exp(-(usage * torch.log(usage + 1e-10)).sum(-1)).sum()
+        return la_q, commitment, perplexity
+
+
+class IDM(nn.Module):
+    """p: (f(o_t), f(o_{t+1})) -> IMPALA trunk -> la in R^128 (pre-VQ) -> VQ -> la_q."""
+
+    def __init__(self, feat_shape, scale=4, la_dim=128):
+        super().__init__()
+        c, h, w = feat_shape
+        chans, layers, in_ch = [16 * scale, 32 * scale, 32 * scale], [], 2 * c
+        for ch in chans:
+            layers.append(conv_sequence(in_ch, ch))
+            in_ch, h, w = ch, (h + 1) // 2, (w + 1) // 2  # 32 -> 16 -> 8 -> 4
+        head = [nn.Flatten(), nn.ReLU(), nn.Linear(in_ch * h * w, 256), nn.ReLU(), nn.Linear(256, la_dim)]  # 2048 -> 128
+        self.trunk = nn.Sequential(*layers, *head)
+        self.vq = VectorQuantizerEMA()
+
+    def forward(self, feat_t, feat_tp1):
+        la = self.trunk(torch.cat([feat_t, feat_tp1], dim=1))  # [B, 2C, 32, 32] -> [B, 128]
+        la_q, commitment, perplexity = self.vq(la)
+        return la, la_q, commitment, perplexity
+
+
+class ResBlock(nn.Module):
+    """U-Net residual block: x + Conv3x3(ReLU(Conv3x3(ReLU x))) with hidden width channels/2."""
+
+    def __init__(self, channels):
+        super().__init__()
+        hidden = channels // 2
+        self.block = nn.Sequential(
+            nn.ReLU(), nn.Conv2d(channels, hidden, 3, padding=1), nn.ReLU(), nn.Conv2d(hidden, channels, 3, padding=1)
+        )
+
+    def forward(self, x):
+        return x + self.block(x)
+
+
+class WorldModel(nn.Module):
+    """w: LAPO's U-Net run on encoder features: (f(o_t), la_q) -> prediction of f(o_{t+1}) in [-0.5, 0.5].
+    la_q enters twice: tiled over the input, and in place of the deepest skip connection at the 1x1 bottleneck."""
+
+    def __init__(self, feat_shape, la_dim=128, scale=24):
+        super().__init__()
+        c, h, _ = feat_shape
+        widths = [scale * 2**i for i in range(int(math.log2(h)) - 1)]  # 32 px features: [24, 48, 96, 192], 32 -> 2 px
+        self.down, in_ch = nn.ModuleList(), c + la_dim
+        for wd in widths:
+            conv = nn.Conv2d(in_ch, wd, 3, padding=1)
+            self.down.append(nn.Sequential(conv, nn.BatchNorm2d(wd), ResBlock(wd), nn.MaxPool2d(2), nn.ReLU()))  # halves H, W
+            in_ch = wd
+        self.middle = nn.Conv2d(in_ch, 2 * in_ch, 2)  # [B, 192, 2, 2] -> [B, 384, 1, 1]
+        self.up, in_ch = nn.ModuleList(), 2 * in_ch + la_dim
+        for wd, skip in zip(widths[::-1] + [widths[0]], widths[::-1] + [0]):  # out widths 192, 96, 48, 24, 24
+            upconv = nn.ConvTranspose2d(in_ch, wd, 2, stride=2)  # doubles H, W
+            self.up.append(nn.Sequential(upconv, nn.BatchNorm2d(wd), ResBlock(wd), nn.ReLU()))
+            in_ch = wd + skip
+        head_in = nn.Conv2d(in_ch + c, scale, 3, padding=1)  # on concat(up-path output, f(o_t))
+        self.head = nn.Sequential(head_in, ResBlock(scale), nn.ReLU(), nn.Conv2d(scale, c, 1))
+
+    def forward(self, feat, la_q):
+        b, _, h, w = feat.shape
+        x, skips = torch.cat([feat, la_q[:, :, None, None].expand(b, -1, h, w)], dim=1), []  # [B, C+128, 32, 32]
+        for block in self.down:
+            x = block(x)
+            skips.append(x)  # [B, 24, 16, 16] ... [B, 192, 2, 2]
+        x = torch.cat([self.middle(x), la_q[:, :, None, None]], dim=1)  # [B, 384 + 128, 1, 1]
+        for block, skip in zip(self.up, skips[::-1] + [None]):
+            x = block(x)
+            x = x if skip is None else torch.cat([x, skip], dim=1)
+        return torch.tanh(self.head(torch.cat([x, feat], dim=1))) / 2  # [B, C, 32, 32]
+
+
+class LatentPolicy(nn.Module):
+    """pi: its own frozen copy of f -> DrQ-v2 actor trunk (Linear -> 50, LayerNorm, Tanh) -> MLP -> latent action (128)."""
+
+    def __init__(self, encoder, feat_dim, hidden=1024, la_dim=128):
+        super().__init__()
+        self.encoder = copy.deepcopy(encoder).requires_grad_(False)
+        self.trunk = nn.Sequential(nn.Linear(feat_dim, 50), nn.LayerNorm(50), nn.Tanh())
+        self.head = nn.Sequential(
+            nn.Linear(50, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, la_dim)
+        )
+
+    def forward(self, obs):
+        with torch.no_grad():
+            feat = self.encoder(obs).flatten(1)  # [B, C, 32, 32] -> [B, C*32*32]
+        return self.head(self.trunk(feat))
+
+
+def make_decoder(act_dim, la_dim=128):
+    """d: latent action -> action mean (no tanh; actions are clipped when acting)."""
+    layers = [nn.Linear(la_dim, 192), nn.ReLU(), nn.Linear(192, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(64, act_dim))
+
+
+# ----------------------------------------------------------------------------- losses
+def sinkhorn_knopp(scores, temperature, iters):
+    """[B, K] prototype scores -> [B, K] target assignments (Proto-RL/SwAV): alternately make every prototype get 1/K of
+    the mass and every sample 1/B; finally every sample's row sums to 1."""
+
+    def finite(x):  # replace inf by the largest finite value (as Proto-RL does)
+        return torch.where(torch.isinf(x), x[torch.isfinite(x)].max(), x)
+
+    q = finite(torch.exp((scores - scores.max()) / temperature)).T  # [K, B]
+    q = q / q.sum()
+    k, b = q.shape
+    for _ in range(iters):
+        q = q * finite(1.0 / k / q.sum(dim=1, keepdim=True))  # prototype marginals -> 1/K
+        q = q * finite(1.0 / b / q.sum(dim=0, keepdim=True))  # sample marginals -> 1/B
+    return (q / q.sum(dim=0, keepdim=True)).T
+
+
+def proto_temporal_loss(ssl, obs_t, obs_tp1, pad, temperature, iters):
+    # Eq. L_lf (DMControl) in the paper (poster): L_lf = -y_{i+1} log x_i  ("Eq. 10" of the appendix), where x_i is the
+    # prototype softmax of aug(o_t) (online branch) and y_{i+1} the Sinkhorn assignment of aug'(o_{t+1}) (target branch).
+    with torch.no_grad():
+        ssl.protos.weight.copy_(F.normalize(ssl.protos.weight, dim=1))  # prototypes stay on the unit sphere
+    x, x_next = random_shift(obs_t.float(), pad), random_shift(obs_tp1.float(), pad)  # [B, 9, 64, 64] each
+    s = F.normalize(ssl.predictor(ssl.projector(ssl.encoder(x).flatten(1))), dim=1)  # [B, 128]
+    log_x = F.log_softmax(ssl.protos(s) / temperature, dim=1)  # [B, K]
+    with torch.no_grad():
+        t = F.normalize(ssl.target_projector(ssl.target_encoder(x_next).flatten(1)), dim=1)  # [B, 128]
+        y_next = sinkhorn_knopp(ssl.protos(t), temperature, iters)  # [B, K]
+    return -(y_next * log_x).sum(dim=1).mean()
+
+
+@torch.no_grad()
+def soft_update(target, online, tau):
+    for pt, po in zip(target.parameters(), online.parameters()):
+        pt.lerp_(po, tau)
+
+
+def latent_action_loss(f, p, w, obs_t, obs_tp1, commit_coef):
+    # Eq. L_la in the paper (poster): ||w(s_i, z_i^vq) - s_{i+1}||^2, plus the VQ commitment term (f frozen).
+    with torch.no_grad():
+        s_t, s_tp1 = f(obs_t), f(obs_tp1)  # [B, C, 32, 32]
+    la, la_q, commitment, perplexity = p(s_t, s_tp1)
+    wm_loss = F.mse_loss(w(s_t, la_q), s_tp1)
+    info = dict(wm_loss=wm_loss.item(), commitment=commitment.item(), vq_perplexity=perplexity.item())
+    return wm_loss + commit_coef * commitment, info
+
+
+def latent_bc_loss(pi, f, p, obs_t, obs_tp1):
+    # Eq. L_bc in the paper (poster): ||pi(s_i) - z_i||^2 onto p's pre-VQ latent action (p in eval mode: no VQ EMA update).
+    with torch.no_grad():
+        la = p(f(obs_t), f(obs_tp1))[0]  # [B, 128]
+    return F.mse_loss(pi(obs_t), la)
+
+
+def finetune_loss(f, p, w, d, obs_t, obs_tp1, actions, wm_coef, commit_coef, finetune_p=True):
+    # Eq. L_ft in the paper (poster), continuous form: ||d(z_t) - a_t||^2 + alpha [||w(s_t, z_t^vq) - s_{t+1}||^2 + 0.05 c]
+    # (MSE replaces the poster's cross-entropy for continuous actions; d reads the pre-VQ latent, w the quantised one).
+    with torch.no_grad():
+        s_t, s_tp1 = f(obs_t), f(obs_tp1)
+    with torch.set_grad_enabled(finetune_p):
+        la, la_q, commitment, _ = p(s_t, s_tp1)
+    action_loss = F.mse_loss(d(la), actions)
+    dyn_loss = torch.zeros((), device=actions.device)
+    if finetune_p and wm_coef > 0:
+        dyn_loss = F.mse_loss(w(s_t, la_q), s_tp1) + commit_coef * commitment
+    return action_loss + wm_coef * dyn_loss, dict(action_mse=action_loss.item(), dynamics=dyn_loss.item())
+
+
+def explore(mu, std, low, high, rng):
+    """Exploration action: clip(d(pi(o)) + std * N(0, I)) to the action space (DrQ-v2 fixed-std noise)."""
+    return np.clip(mu + std * rng.standard_normal(mu.shape), low, high).astype(np.float32)
+
+
+@torch.no_grad()
+def act(pi, d, obs, device):
+    """Deterministic action mean d(pi(o)) for one [9, 64, 64] uint8 observation."""
+    return d(pi(torch.from_numpy(obs[None]).to(device)))[0].cpu().numpy()
+
+
+def latent_action_probe(f, p, videos, device, rng, n=4096, steps=300):
+    """DIAGNOSTIC ONLY (reads expert actions `ta`, trains nothing that is used later): fit a fresh MLP from p's latent
+    actions to the true actions on half of n video pairs; return its MSE on the other half and the MSE of the mean action."""
+    idx, las = videos.sample(n, rng), []
+    with torch.no_grad():
+        for i in range(0, n, 256):
+            o_t, o_tp1 = videos.pairs(idx[i : i + 256], device)
+            las.append(p(f(o_t), f(o_tp1))[0])
+    la, ta = torch.cat(las), torch.from_numpy(videos.ta[idx]).to(device)
+    half = n // 2
+    probe = nn.Sequential(nn.Linear(la.shape[1], 128), nn.ReLU(), nn.Linear(128, ta.shape[1])).to(device)
+    opt = torch.optim.AdamW(probe.parameters(), lr=1e-3)
+    for _ in range(steps):
+        j = torch.randint(0, half, (min(128, half),), device=device)
+        loss = F.mse_loss(probe(la[j]), ta[j])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        mean_action = ta[:half].mean(0).expand_as(ta[half:])
+        return F.mse_loss(probe(la[half:]), ta[half:]).item(), F.mse_loss(mean_action, ta[half:]).item()
+
+
+@torch.no_grad()
+def evaluate(env, pi, d, device, episodes, video_path=None):
+    """Deterministic episodes with a = clip(d(pi(o))). Returns (returns, successes); writes episode 0 to video_path (mp4)."""
+    returns, successes, frames = [], [], []
+    for ep in range(episodes):
+        obs, _ = env.reset()
+        done, ep_return, success = False, 0.0, False
+        while not done:
+            action = np.clip(act(pi, d, obs, device), env.action_space.low, env.action_space.high)
+            obs, reward, terminated, truncated, info = env.step(action)
+            ep_return, success, done = ep_return + reward, success or info.get("success", 0) > 0, terminated or truncated
+            if video_path and ep == 0:
+                frames.append(np.ascontiguousarray(obs[-3:].transpose(1, 2, 0)))  # newest frame [64, 64, 3]
+        returns.append(ep_return)
+        successes.append(float(success))
+    if video_path and frames:
+        import imageio_ffmpeg
+
+        writer = imageio_ffmpeg.write_frames(video_path, frames[0].shape[1::-1], fps=30, macro_block_size=16)
+        writer.send(None)
+        for frame in frames:
+            writer.send(frame)
+        writer.close()
+    return np.array(returns), np.array(successes)
+
+
+def build_networks(args, act_dim, device):
+    f = Encoder(9, args.encoder_channels).to(device)
+    feat_shape = tuple(f(torch.zeros(1, 9, 64, 64, device=device)).shape[1:])  # (C, 32, 32)
+    p = IDM(feat_shape, args.impala_scale).to(device)
+    w = WorldModel(feat_shape, scale=args.wm_scale).to(device)
+    return f, feat_shape, p, w, make_decoder(act_dim).to(device)
+
+
+def count(module):
+    return f"{sum(x.numel() for x in module.parameters()) / 1e6:.2f}M"
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    try:
+        # resolve the "-1 = official default" flags, so that results.json records the values actually used
+        metaworld_task = is_metaworld(args.env_id)
+        args.action_repeat = args.action_repeat if args.action_repeat > 0 else (1 if metaworld_task else 2)
+        args.total_timesteps = args.total_timesteps if args.total_timesteps > 0 else (50_000 if metaworld_task else 100_000)
+        ft_default, coef_default, wm_lr_default = official_overrides(args.env_id)
+        args.ft_updates = args.ft_updates if args.ft_updates != -1 else ft_default
+        args.ft_wm_coef = args.ft_wm_coef if args.ft_wm_coef >= 0 else coef_default
+        args.wm_online_lr = args.wm_online_lr if args.wm_online_lr >= 0 else wm_lr_default
+        video_ids = tuple(args.video_env_ids) or (args.env_id,)
+        for env_id in dict.fromkeys((args.env_id,) + video_ids):
+            check_env_id(env_id)
+        run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+
+        # TRY NOT TO MODIFY: seeding
+        random.seed(args.seed)
+        np.random.seed(args.seed)
+        torch.manual_seed(args.seed)
+        torch.backends.cudnn.deterministic = args.torch_deterministic
+        if args.num_threads > 0:
+            torch.set_num_threads(args.num_threads)
+        device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+        rng = np.random.default_rng(args.seed)
+
+        # data first, so that bad input fails before any renderer starts
+        def videos_of(env_id):
+            folder = args.video_dir.format(env_id=env_id)
+            return load_videos(folder, env_id, args.num_video_transitions, args.max_video_memory_gb)
+
+        own_videos = videos_of(args.env_id)
+        offline_videos = own_videos  # multi-task pretraining: the videos of all --video-env-ids, mixed
+        if video_ids != (args.env_id,):
+            offline_videos = VideoData([vars(own_videos) if e == args.env_id else vars(videos_of(e)) for e in video_ids])
+        need = max(args.lam_batch_size, args.bc_batch_size, args.online_bc_batch_size, args.ssl_encoder * args.ssl_batch_size)
+        for name, data in (("env_id", own_videos), ("--video-env-ids", offline_videos)):
+            if len(data.valid) < need:
+                raise DataError(
+                    f"only {len(data.valid)} usable frame pairs in the videos of {name}, but a batch needs {need}: "
+                    "record more video or lower the batch sizes"
+                )
+        print(f"videos: {len(own_videos.obs)} frames of {args.env_id}, {len(offline_videos.obs)} for pretraining {video_ids}")
+        ckpt = None
+        if args.offline_checkpoint:
+            try:
+                ckpt = torch.load(args.offline_checkpoint, map_location=device, weights_only=False)
+            except Exception as e:
+                msg = f"{type(e).__name__}: {one_line(e)[:200]}"
+                raise DataError(f"could not load --offline-checkpoint {args.offline_checkpoint} ({msg})")
+    except DataError as e:
+        raise SystemExit(f"error: {e}")
+
+    if args.track:
+        import wandb
+
+        wandb.init(
+            project=args.wandb_project_name,
+            entity=args.wandb_entity,
+            sync_tensorboard=True,
+            config=vars(args),
+            name=run_name,
+            save_code=True,
+        )
+    writer = SummaryWriter(f"runs/{run_name}")
+    writer.add_text(
+        "hyperparameters",
+        "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])),
+    )
+
+    env = make_env(args.env_id, args.seed, args.action_repeat, args.max_episode_steps)
+    eval_env = make_env(args.env_id, args.seed + 100, args.action_repeat, args.max_episode_steps)
+    act_dim = env.action_space.shape[0]
+    low, high = env.action_space.low, env.action_space.high
+    if ckpt is not None:  # network sizes come from the checkpoint
+        for key in ("encoder_channels", "impala_scale", "wm_scale", "policy_hidden"):
+            setattr(args, key, ckpt["args"][key])
+    f, feat_shape, p, w, d = build_networks(args, act_dim, device)
+    feat_dim = int(np.prod(feat_shape))
+    pi = LatentPolicy(f, feat_dim, args.policy_hidden).to(device)
+    print(f"parameters: f {count(f)}, p {count(p)}, w {count(w)}, pi {count(pi.trunk)} + {count(pi.head)}, d {count(d)}")
+    wall = {"ssl": 0.0, "lam": 0.0, "bc": 0.0, "online": 0.0, "eval": 0.0}
+    video_return = own_videos.video_return()
+    evals, interrupted, global_step, eval_time, online_start = [], False, 0, 0.0, None
+    eval_csv = Path(f"runs/{run_name}/eval.csv")
+    try:
+        if ckpt is not None:
+            f.load_state_dict(ckpt["f"])
+            p.load_state_dict(ckpt["p"])
+            w.load_state_dict(ckpt["w"])
+            pi.load_state_dict(ckpt["pi"])
+            print(f"loaded offline stages from {args.offline_checkpoint}; skipping stages 1-3")
+        else:
+            # ===== STAGE 1: SELF-SUPERVISED ENCODER PRETRAINING ON VIDEOS (Proto-RL across time) =====
+            start = time.time()
+            if args.ssl_encoder:
+                ssl = ProtoSSL(f, feat_dim, num_protos=args.num_protos).to(device)
+                optimizer = torch.optim.Adam(ssl.online_parameters(), lr=args.ssl_lr)
+                for step in trange(args.ssl_steps, desc="stage 1: encoder SSL"):
+                    obs_t, obs_tp1 = offline_videos.pairs(offline_videos.sample(args.ssl_batch_size, rng), device)
+                    loss = proto_temporal_loss(ssl, obs_t, obs_tp1, args.aug_pad, args.proto_temperature, args.sinkhorn_iters)
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+                    soft_update(ssl.target_encoder, ssl.encoder, args.ssl_tau)  # every step (Proto-RL: every 2nd)
+                    soft_update(ssl.target_projector, ssl.projector, args.ssl_tau)
+                    if step % 100 == 0 or step == args.ssl_steps - 1:
+                        writer.add_scalar("offline/ssl_loss", loss.item(), step)
+                del ssl, optimizer
+            f.requires_grad_(False).eval()  # f is frozen from here on (random and frozen with --no-ssl-encoder)
+            wall["ssl"] = time.time() - start
+
+            # ===== STAGE 2: LATENT ACTION PRETRAINING (IDM p + VQ + world model w, L_la) =====
+            start = time.time()
+            lam_params = list(p.parameters()) + list(w.parameters())
+            optimizer = torch.optim.AdamW(lam_params, lr=args.lam_lr)
+            p.train(), w.train()
+            for step in trange(args.lam_steps, desc="stage 2: latent actions"):
+                obs_t, obs_tp1 = offline_videos.pairs(offline_videos.sample(args.lam_batch_size, rng), device)
+                loss, info = latent_action_loss(f, p, w, obs_t, obs_tp1, args.vq_commitment)
+                optimizer.zero_grad()
+                loss.backward()
+                nn.utils.clip_grad_norm_(lam_params, args.lam_grad_clip)
+                optimizer.step()
+                if step % 100 == 0 or step == args.lam_steps - 1:
+                    writer.add_scalar("offline/lam_loss", loss.item(), step)
+                    for key, value in info.items():
+                        writer.add_scalar(f"offline/{key}", value, step)  # wm_loss, commitment, vq_perplexity
+                last = step == args.lam_steps - 1
+                if offline_videos.ta is not None and (last or (step + 1) % args.probe_every == 0):
+                    p.eval()
+                    n_probe = min(4096, 2 * len(offline_videos.valid))
+                    probe_mse, mean_mse = latent_action_probe(f, p, offline_videos, device, rng, n=n_probe)
+                    p.train()
+                    writer.add_scalar("diagnostics/latent_action_probe_mse", probe_mse, step)
+                    writer.add_scalar("diagnostics/mean_action_mse", mean_mse, step)
+                    print(f"[diagnostic] lam step {step + 1}: probe MSE {probe_mse:.4f}, mean-action MSE {mean_mse:.4f}")
+            wall["lam"] = time.time() - start
+
+            # ===== STAGE 3: OFFLINE LATENT BEHAVIOUR CLONING ("pre-imitation", L_bc) =====
+            start = time.time()
+            pi.encoder.load_state_dict(f.state_dict())  # pi's own frozen copy of the pretrained f
+            optimizer = torch.optim.AdamW([x for x in pi.parameters() if x.requires_grad], lr=args.bc_lr)
+            p.eval()  # no VQ EMA updates while labelling
+            for step in trange(args.bc_steps, desc="stage 3: latent BC"):
+                obs_t, obs_tp1 = offline_videos.pairs(offline_videos.sample(args.bc_batch_size, rng), device)
+                loss = latent_bc_loss(pi, f, p, obs_t, obs_tp1)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                if step % 100 == 0 or step == args.bc_steps - 1:
+                    writer.add_scalar("offline/bc_loss", loss.item(), step)
+            wall["bc"] = time.time() - start
+            if args.save_model:
+                nets = dict(f=f.state_dict(), p=p.state_dict(), w=w.state_dict(), pi=pi.state_dict())
+                torch.save(dict(nets, args=vars(args)), f"runs/{run_name}/offline.pt")
+                print(f"offline checkpoint saved to runs/{run_name}/offline.pt")
+
+        # ===== ONLINE: REWARD-FREE FINE-TUNING (L_ft) + RE-CLONING (L_bc) + EVALUATION =====
+        f.requires_grad_(False).eval()
+        online_start = time.time()
+        num_agent_steps = args.total_timesteps // args.action_repeat
+        rb = ReplayBuffer(min(args.buffer_size, 2 * num_agent_steps + 2), env.observation_space.shape, act_dim)
+        ft_params = list(d.parameters()) + (list(p.parameters()) if args.finetune_latent_actions else [])
+        ft_optimizer = torch.optim.Adam(ft_params, lr=args.ft_lr)
+        wm_optimizer = torch.optim.Adam(w.parameters(), lr=args.wm_online_lr) if args.wm_online_lr > 0 else None
+        bc_optimizer = torch.optim.Adam([x for x in pi.parameters() if x.requires_grad], lr=args.online_bc_lr)
+        diag_idx = own_videos.sample(min(1024, len(own_videos.valid)), rng)  # fixed expert pairs for the decoder diagnostic
+        with open(eval_csv, "w", newline="") as fh:
+            csv.writer(fh).writerow(["env_step", "episodic_return"] + (["success_rate"] if metaworld_task else []))
+        obs, _ = env.reset(seed=args.seed)
+        ep_return, ep_len, ep_success, sps_start = 0.0, 0, False, time.time()
+        for agent_step in range(1, num_agent_steps + 1):
+            # ALGO LOGIC: act (uniform random during warm-up, then d(pi(o)) + Gaussian noise, clipped)
+            if agent_step <= args.warmup_steps:
+                action = env.action_space.sample()
+            else:
+                pi.eval()
+                action = explore(act(pi, d, obs, device), args.expl_std, low, high, rng)
+            next_obs, reward, terminated, truncated, info = env.step(action)
+            rb.add(obs, action, False)
+            global_step = agent_step * args.action_repeat
+            ep_return, ep_len, ep_success = ep_return + reward, ep_len + 1, ep_success or info.get("success", 0) > 0
+            if terminated or truncated:  # rewards are only logged, never used for learning
+                rb.add(next_obs, np.zeros(act_dim, np.float32), True)
+                print(f"global_step={global_step}, episodic_return={ep_return:.1f}")
+                writer.add_scalar("charts/episodic_return", ep_return, global_step)
+                writer.add_scalar("charts/episodic_length", ep_len * args.action_repeat, global_step)
+                if metaworld_task:
+                    writer.add_scalar("charts/success", float(ep_success), global_step)
+                next_obs, _ = env.reset()
+                ep_return, ep_len, ep_success = 0.0, 0, False
+            obs = next_obs
+
+            if agent_step % args.iteration_steps != 0 or agent_step <= args.warmup_steps:
+                continue
+            # ALGO LOGIC: (b) fine-tune p, d (and w) on the agent's own transitions with L_ft
+            n_ft = args.ft_updates if args.ft_updates >= 0 else math.ceil(agent_step / 256)
+            p.train(args.finetune_latent_actions), w.train(args.finetune_latent_actions)
+            for _ in range(n_ft):
+                obs_t, obs_tp1, actions = rb.sample(args.ft_batch_size, rng, device)
+                loss, ft_info = finetune_loss(
+                    f, p, w, d, obs_t, obs_tp1, actions, args.ft_wm_coef, args.vq_commitment, args.finetune_latent_actions
+                )
+                ft_optimizer.zero_grad()
+                if wm_optimizer is not None:
+                    wm_optimizer.zero_grad()
+                loss.backward()
+                ft_optimizer.step()
+                if wm_optimizer is not None and args.finetune_latent_actions:
+                    wm_optimizer.step()
+            if n_ft > 0:
+                writer.add_scalar("losses/ft_loss", loss.item(), global_step)
+                writer.add_scalar("losses/ft_action_mse", ft_info["action_mse"], global_step)
+                writer.add_scalar("losses/ft_dynamics", ft_info["dynamics"], global_step)
+            # ALGO LOGIC: (c) re-clone pi on the videos with the fine-tuned p (eval mode: no VQ EMA on expert data)
+            p.eval(), w.eval(), pi.train()
+            for _ in range(args.online_bc_updates):
+                obs_t, obs_tp1 = own_videos.pairs(own_videos.sample(args.online_bc_batch_size, rng), device)
+                bc_loss = latent_bc_loss(pi, f, p, obs_t, obs_tp1)
+                bc_optimizer.zero_grad()
+                bc_loss.backward()
+                bc_optimizer.step()
+            if args.online_bc_updates > 0:
+                writer.add_scalar("losses/bc_loss", bc_loss.item(), global_step)
+            pi.eval()
+            if own_videos.ta is not None:  # DIAGNOSTIC ONLY: decoded latent actions of the videos vs the true expert actions
+                with torch.no_grad():
+                    o_t, o_tp1 = own_videos.pairs(diag_idx, device)
+                    ta = torch.from_numpy(own_videos.ta[diag_idx]).to(device)
+                    if ta.shape[1] == act_dim:
+                        decoded = d(p(f(o_t), f(o_tp1))[0])  # decoder applied to the videos' latent actions
+                        writer.add_scalar("diagnostics/decoded_action_mse", F.mse_loss(decoded, ta).item(), global_step)
+                        writer.add_scalar("diagnostics/policy_action_mse", F.mse_loss(d(pi(o_t)), ta).item(), global_step)
+            # evaluation: deterministic policy, actions clipped to the action space
+            start = time.time()
+            video_path = None
+            if args.capture_video:
+                os.makedirs(f"videos/{run_name}", exist_ok=True)
+                video_path = f"videos/{run_name}/eval_{global_step}.mp4"
+            returns, successes = evaluate(eval_env, pi, d, device, args.eval_episodes, video_path)
+            eval_time += time.time() - start
+            evals.append(dict(env_step=global_step, returns=returns.tolist(), successes=successes.tolist()))
+            writer.add_scalar("eval/episodic_return", returns.mean(), global_step)
+            if video_return:
+                writer.add_scalar("eval/normalized_score", returns.mean() / video_return, global_step)
+            row = [global_step, float(returns.mean())]
+            if metaworld_task:
+                writer.add_scalar("eval/success_rate", successes.mean(), global_step)
+                row.append(float(successes.mean()))
+            with open(eval_csv, "a", newline="") as fh:
+                csv.writer(fh).writerow(row)
+            sps = int(global_step / (time.time() - sps_start))
+            writer.add_scalar("charts/SPS", sps, global_step)
+            text = f"eval global_step={global_step}: return {returns.mean():.1f} +- {returns.std():.1f}"
+            print(text + (f", success {successes.mean():.2f}" if metaworld_task else "") + f", SPS {sps}")
+    except KeyboardInterrupt:
+        interrupted = True
+        print("interrupted: saving what exists")
+    finally:
+        wall["eval"] = eval_time
+        wall["online"] = time.time() - online_start - eval_time if online_start else 0.0
+        env.close()
+        eval_env.close()
+
+    final = evals[-1] if evals else None
+    mean_return = float(np.mean(final["returns"])) if final else None
+    results = {
+        "env_id": args.env_id,
+        "seed": args.seed,
+        "episodic_return_mean": mean_return,
+        "episodic_return_std": float(np.std(final["returns"])) if final else None,
+        "eval_episodes": len(final["returns"]) if final else 0,
+        "video_return": video_return,
+        "video_normalized_score": mean_return / video_return if (final and video_return) else None,
+        "env_steps": global_step,
+        "wall_clock_s": {k: round(v, 2) for k, v in wall.items()},
+        "interrupted": interrupted,
+        "args": vars(args),
+    }
+    if metaworld_task:
+        results["success_rate"] = float(np.mean(final["successes"])) if final else None
+    with open(f"runs/{run_name}/results.json", "w") as fh:
+        json.dump(results, fh, indent=2)
+    if args.save_model:
+        model_path = f"runs/{run_name}/{args.exp_name}.cleanrl_model"
+        nets = dict(f=f.state_dict(), p=p.state_dict(), w=w.state_dict(), pi=pi.state_dict(), d=d.state_dict())
+        torch.save(dict(nets, args=vars(args)), model_path)
+        print(f"model saved to {model_path}")
+    print(f"results: runs/{run_name}/results.json (final eval return {mean_return})")
+    writer.close()

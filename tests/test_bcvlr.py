@@ -1,0 +1,303 @@
+"""Tests of bcvlr.py: every network and loss, the video loaders on real small files, every bad-input case, tiny
+end-to-end runs on real Procgen frames, and one learning test."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from conftest import ROOT, write_lapo_dataset
+
+import bcvlr
+from bcvlr import (IDM, Args, CURLHead, DataError, Encoder, LatentPolicy, ReconDecoder, VectorQuantizerEMA, WorldModel,
+                   bc_loss, curl_loss, encode_window, finetune_loss, latent_dynamics_loss, load_video_dataset,
+                   make_decoder, random_shift, recon_loss, window_starts)
+
+torch.set_num_threads(2)
+TINY = ("--impala-scale 1 --wm-scale 4 --encoder-channels 2 --ssl-steps 4 --ssl-batch-size 8 --lam-steps 6 "
+        "--lam-batch-size 8 --bc-steps 6 --bc-batch-size 8 --probe-every 3 --probe-windows 64 --total-timesteps 512 "
+        "--num-envs 4 --num-steps 32 --warmup-steps 16 --ft-updates 2 --ft-batch-size 16 --online-bc-updates 2 "
+        "--eval-episodes 2 --no-cuda")
+
+
+def args_of(**kw):
+    a = Args(**kw)
+    a.la_dim = a.vq_num_codebooks * a.vq_num_latents * a.vq_dim
+    return a
+
+
+def n_params(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+# ---------------------------------------------------------------- networks at the paper's sizes (spec section 3.1)
+def test_network_shapes_and_paper_sizes():
+    a = args_of()
+    enc = Encoder(16)
+    x = torch.rand(2, 3, 64, 64) - 0.5
+    feats = enc(x)
+    assert feats.shape == (2, 16, 64, 64)
+    assert n_params(enc) == 9728 and n_params(ReconDecoder(16)) == 771
+    idm, wm, pi, dec = IDM(a), WorldModel(32, 16, 128, base=24), LatentPolicy(enc, a), make_decoder(128)
+    assert abs(n_params(idm) - 3.7e6) < 0.05e6 and abs(n_params(wm) - 7.8e6) < 0.1e6
+    assert abs(n_params(pi.trunk) - 3.7e6) < 0.05e6 and abs(n_params(dec) - 59e3) < 1e3
+    window = torch.stack([feats, feats, feats], 1)  # [B, 3, C, H, W]
+    la, la_q, commit, perp = idm(window)
+    assert la.shape == la_q.shape == (2, 128) and commit.ndim == 0 and 1.0 <= perp.item() <= 2 * 64
+    pred = wm(window[:, :2].flatten(1, 2), la_q)
+    assert pred.shape == (2, 16, 64, 64) and pred.abs().max() <= 0.5
+    assert pi(x).shape == (2, 128) and dec(la).shape == (2, 15)
+    assert not any(p.requires_grad for p in pi.encoder.parameters())  # pi's copy of f is frozen
+    head = CURLHead((16, 64, 64))
+    assert head.projector(feats.flatten(1)).shape == (2, 256)
+
+
+def test_random_shift_is_a_crop_of_the_padded_image():
+    x = torch.arange(2 * 1 * 5 * 5, dtype=torch.float32).view(2, 1, 5, 5)
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="replicate")
+    for _ in range(5):
+        y = random_shift(x, pad=1)
+        assert y.shape == x.shape
+        for b in range(2):
+            assert any(torch.equal(y[b], padded[b, :, i : i + 5, j : j + 5]) for i in range(3) for j in range(3))
+    assert torch.equal(random_shift(x, pad=0), x)
+
+
+def test_curl_loss_identical_pairs_beat_shuffled_pairs():
+    torch.manual_seed(0)
+    head = CURLHead((4, 8, 8))
+    head.predictor = nn.Identity()
+    nn.init.eye_(head.W.weight)
+    head.W.weight.data *= 10
+    feats = torch.randn(32, 4, 8, 8)
+    same = curl_loss(head, head, feats, feats)
+    shuffled = curl_loss(head, head, feats, feats[torch.randperm(32)])
+    assert same.item() < 0.1 < 1.0 < shuffled.item()
+    # the same value written out: -mean_i log softmax_j(q_i . W k_j)[i]
+    q = head.projector(feats.flatten(1))
+    logits = q @ head.W(q).T
+    assert torch.allclose(same, -torch.log_softmax(logits, 1).diag().mean(), atol=1e-5)
+
+
+def test_recon_loss_trains_encoder_and_decoder():
+    enc, rec = Encoder(4), ReconDecoder(4)
+    img = torch.rand(3, 3, 64, 64) - 0.5
+    loss = recon_loss(rec, enc(img), img)
+    loss.backward()
+    assert loss.item() > 0 and enc.net[0].weight.grad.abs().sum() > 0 and rec.net[0].weight.grad.abs().sum() > 0
+
+
+def test_vq_straight_through_and_nearest_code():
+    vq = VectorQuantizerEMA().eval()
+    la = torch.randn(5, 128, requires_grad=True)
+    la_q, commit, _, idx = vq(la)
+    assert idx.shape == (5, 2, 4)
+    codes = la_q.view(5, 2, 4, 16)
+    for b in range(5):
+        for n in range(2):
+            for h in range(4):
+                dists = ((vq.codebook[n] - la.view(5, 2, 4, 16)[b, n, h]) ** 2).sum(-1)
+                assert torch.allclose(codes[b, n, h], vq.codebook[n, dists.argmin()])
+    g = torch.randn(5, 128)
+    (la_q * g).sum().backward()
+    assert torch.allclose(la.grad, g)  # straight-through: d la_q / d la = identity
+    la.grad = None
+    commit.backward()
+    assert torch.allclose(la.grad, 0.05 * 2 * (la - la_q).detach() / la.numel(), atol=1e-7)
+
+
+def test_vq_ema_update_only_in_train_mode():
+    vq = VectorQuantizerEMA(decay=0.0)
+    la = torch.zeros(64, 128) + 0.3
+    before = vq.codebook.clone()
+    vq.eval()(la)
+    assert torch.equal(vq.codebook, before)
+    _, _, perp, idx = vq.train()(la)
+    used = idx[0, 0, 0]
+    assert torch.allclose(vq.codebook[0, used], torch.full((16,), 0.3), atol=1e-3)  # code moved onto its inputs
+    assert abs(perp.item() - 2.0) < 1e-4  # one code per codebook in use: perplexity 1 + 1
+
+
+def test_losses_route_gradients_to_the_right_modules():
+    torch.manual_seed(0)
+    a = args_of(encoder_channels=2, impala_scale=1, wm_scale=4)
+    enc = Encoder(2).requires_grad_(False)
+    idm, wm, dec, pi = IDM(a), WorldModel(4, 2, 128, base=4), make_decoder(128), LatentPolicy(enc, a)
+    window = torch.rand(4, 3, 3, 64, 64) - 0.5
+    feats = encode_window(enc, window)
+    loss, la, _ = latent_dynamics_loss(idm, wm, feats)
+    loss.backward()
+    assert torch.isfinite(loss) and idm.trunk.head[-1].weight.grad is not None and wm.head[-1].weight.grad is not None
+    assert all(p.grad is None for p in enc.parameters())
+    idm.zero_grad()
+    bc = bc_loss(pi, idm, window, feats)
+    bc.backward()
+    assert pi.trunk.head[-1].weight.grad is not None and idm.trunk.head[-1].weight.grad is None  # target is sg(la)
+    actions = torch.randint(15, (4,))
+    total, ce, dyn = finetune_loss(idm, wm, dec, feats, actions, wm_coef=15.0)
+    assert torch.allclose(total, ce + 15.0 * dyn)
+    total0, ce0, _ = finetune_loss(idm.eval(), wm.eval(), dec, feats, actions, wm_coef=0.0)
+    assert torch.allclose(total0, ce0)
+
+
+def test_window_masking_at_episode_ends():
+    done = np.array([0, 0, 0, 1, 0, 0, 1, 0, 0, 0], dtype=bool)  # episodes: frames 0-3, 4-6, 7-9
+    starts = window_starts(done)
+    assert starts.tolist() == [0, 1, 4, 7]
+    for s in starts:  # no window contains an episode end before its last frame
+        assert not done[s : s + 2].any()
+
+
+# ---------------------------------------------------------------- loaders on real small files
+def test_load_lapo_npz_chunks(procgen_dir, procgen_data):
+    d = load_video_dataset(procgen_dir)
+    n = len(procgen_data["obs"])
+    assert d["obs"].shape == (n, 64, 64, 3) and d["obs"].dtype == np.uint8
+    assert np.array_equal(d["obs"], procgen_data["obs"]) and np.array_equal(d["ta"], procgen_data["ta"])
+    assert d["done"].sum() >= procgen_data["done"].sum() and d["done"][-1]
+    ends = np.flatnonzero(procgen_data["done"])
+    returns = [procgen_data["rewards"][s : e + 1].sum() for s, e in zip(np.r_[0, ends[:-1] + 1], ends)]
+    assert d["video_return"] == pytest.approx(np.mean(returns))
+    small = load_video_dataset(procgen_dir, max_frames=700)
+    assert len(small["obs"]) == 700 and small["done"][-1]
+
+
+def test_load_video_files(tmp_path, procgen_data):
+    import imageio.v3 as iio
+    import imageio_ffmpeg
+
+    frames = procgen_data["obs"][:40]
+    w = imageio_ffmpeg.write_frames(str(tmp_path / "ep0.mp4"), (64, 64), fps=15, macro_block_size=16,
+                                    pix_fmt_out="yuv444p", output_params=["-crf", "0"])
+    w.send(None)
+    for f in frames:
+        w.send(np.ascontiguousarray(f))
+    w.close()
+    big = frames.repeat(2, axis=1).repeat(2, axis=2)  # a 128 x 128 episode, resized to 64 x 64 by the loader
+    iio.imwrite(tmp_path / "ep1.gif", list(big[:30] + np.arange(30, dtype=np.uint8)[:, None, None, None]), loop=0)
+    d = load_video_dataset(str(tmp_path))
+    assert d["obs"].shape[1:] == (64, 64, 3) and d["obs"].dtype == np.uint8
+    assert len(d["obs"]) == 70 and d["done"].sum() == 2 and d["done"][39] and d["done"][-1]
+    assert np.abs(d["obs"][:40].astype(int) - frames.astype(int)).mean() < 3  # near-lossless mp4 round trip
+    assert "ta" not in d and d["video_return"] is None
+
+
+# ---------------------------------------------------------------- bad input: one line, exit 1, no traceback
+def run_bcvlr(cmd, cwd, timeout=600):
+    return subprocess.run(f"{sys.executable} {os.path.join(ROOT, 'bcvlr.py')} {cmd}", shell=True, cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _bad_inputs(tmp_path, procgen_data):
+    good = {k: v[:200] for k, v in procgen_data.items()}
+    cases = {}
+    cases["missing"] = (f"--env-id bigfish --video-dir {tmp_path}/nothing", "experts/procgen_expert.py --env-id bigfish")
+    os.makedirs(tmp_path / "empty")
+    cases["empty"] = (f"--video-dir {tmp_path}/empty", "holds no expert videos")
+    os.makedirs(tmp_path / "corrupt/train")
+    (tmp_path / "corrupt/train/0.npz").write_bytes(os.urandom(2000))
+    cases["corrupted npz"] = (f"--video-dir {tmp_path}/corrupt", "corrupted")
+    os.makedirs(tmp_path / "badmp4")
+    (tmp_path / "badmp4/ep0.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(500))
+    cases["corrupted mp4"] = (f"--video-dir {tmp_path}/badmp4", "corrupted")
+    write_lapo_dataset(str(tmp_path / "shape"), {**good, "obs": np.zeros((200, 84, 84, 3), np.uint8)})
+    cases["wrong shape"] = (f"--video-dir {tmp_path}/shape", "expected (N, 64, 64, 3) uint8")
+    write_lapo_dataset(str(tmp_path / "dtype"), {**good, "obs": good["obs"].astype(np.float32)})
+    cases["wrong dtype"] = (f"--video-dir {tmp_path}/dtype", "expected (N, 64, 64, 3) uint8")
+    write_lapo_dataset(str(tmp_path / "few"), {k: v[:100] for k, v in good.items()})
+    cases["too few frames"] = (f"--video-dir {tmp_path}/few", "usable 3-frame windows")
+    cases["unknown env"] = ("--env-id notagame", "unknown env id 'notagame'")
+    cases["missing checkpoint"] = (f"--video-dir {tmp_path}/shape --offline-checkpoint {tmp_path}/none.pt", "expected")
+    return cases
+
+
+def test_bad_inputs_fail_with_one_clear_line(tmp_path, procgen_data):
+    for name, (cmd, expected) in _bad_inputs(tmp_path, procgen_data).items():
+        r = run_bcvlr(cmd, cwd=tmp_path)
+        assert r.returncode == 1, (name, r.returncode, r.stderr[-2000:])
+        assert "Traceback" not in r.stderr, (name, r.stderr[-2000:])
+        last = r.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: ") and expected in last, (name, last)
+
+
+# ---------------------------------------------------------------- tiny end-to-end runs on real Procgen
+def _results(cwd):
+    runs = sorted(os.listdir(os.path.join(cwd, "runs")))
+    return [os.path.join(cwd, "runs", r) for r in runs]
+
+
+def test_end_to_end_determinism_checkpoint_and_video(tmp_path, procgen_dir):
+    for name in ("a", "b"):
+        os.makedirs(tmp_path / name)
+        r = run_bcvlr(f"--env-id bigfish --video-dir {procgen_dir} {TINY} --capture-video --seed 3", cwd=tmp_path / name)
+        assert r.returncode == 0, r.stderr[-3000:]
+    (run_a,), (run_b,) = _results(tmp_path / "a"), _results(tmp_path / "b")
+    res_a, res_b = (json.load(open(os.path.join(r, "results.json"))) for r in (run_a, run_b))
+    for key in ("episodic_return_mean", "eval_episodes", "video_return", "env_steps", "wall_clock_s"):
+        assert key in res_a
+    assert res_a["env_steps"] == 512 and res_a["eval_episodes"] == 2 and not res_a["interrupted"]
+    assert res_a["video_return"] is not None and res_a["video_normalized_score"] is not None
+    # same seed on CPU -> the same run
+    assert res_a["episodic_return_mean"] == res_b["episodic_return_mean"]
+    ckpt_a, ckpt_b = (torch.load(os.path.join(r, "bcvlr.cleanrl_model")) for r in (run_a, run_b))
+    for k, v in ckpt_a["decoder"].items():
+        assert torch.equal(v, ckpt_b["decoder"][k])
+    assert os.path.getsize(os.path.join(tmp_path, "a", "videos", os.path.basename(run_a) + "-eval", "episode0.mp4")) > 0
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(run_a))
+    # the online stage alone from the offline checkpoint, with another seed
+    os.makedirs(tmp_path / "c")
+    r = run_bcvlr(f"--env-id bigfish --video-dir {procgen_dir} {TINY} --seed 4 "
+                  f"--offline-checkpoint {os.path.join(run_a, 'offline.pt')}", cwd=tmp_path / "c")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "offline stages 1-3 done" in r.stdout and "stage 1:" not in r.stderr
+    assert json.load(open(os.path.join(_results(tmp_path / "c")[0], "results.json")))["env_steps"] == 512
+
+
+def test_end_to_end_multitask_and_ablations(tmp_path, procgen_data):
+    # two games' videos (real frames) for pre-training, online on a third game; all ablation switches on
+    write_lapo_dataset(str(tmp_path / "data" / "bigfish"), procgen_data)
+    write_lapo_dataset(str(tmp_path / "data" / "maze"), {k: v[:600] for k, v in procgen_data.items()})
+    r = run_bcvlr(f"--env-id starpilot --video-env-ids bigfish maze --video-dir {tmp_path}/data/{{env_id}} {TINY} "
+                  "--no-ssl-encoder --no-finetune-latent-actions --ft-wm-coef 0 --num-video-transitions 500",
+                  cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "1000 frames" in r.stdout and "from bigfish, maze" in r.stdout
+    res = json.load(open(os.path.join(_results(tmp_path)[0], "results.json")))
+    assert res["env_id"] == "starpilot" and res["video_return"] is None and res["args"]["ssl_encoder"] is False
+
+
+# ---------------------------------------------------------------- learning: latent actions carry the true actions
+def test_latent_actions_learn_true_actions_from_real_procgen_frames(procgen_data):
+    """Train the latent action model (stage 2) on ~1.5k real Procgen transitions without actions, then probe:
+    p's latent actions must predict the true actions clearly above chance, and better than before training."""
+    torch.manual_seed(0)
+    a = args_of(encoder_channels=4, impala_scale=1, wm_scale=8, vq_decay=0.95)
+    obs = torch.from_numpy(procgen_data["obs"])
+    starts = torch.from_numpy(window_starts(procgen_data["done"]))
+    ta = torch.from_numpy(procgen_data["ta"])
+    enc = Encoder(4).requires_grad_(False)
+    idm, wm = IDM(a), WorldModel(8, 4, 128, base=8)
+    before = bcvlr.probe_latent_actions(idm, enc, obs, starts, ta, "cpu", n=1024)
+    opt = torch.optim.AdamW(list(idm.parameters()) + list(wm.parameters()), lr=1e-3)
+    for _ in range(LEARN_STEPS):
+        loss, _, _ = latent_dynamics_loss(idm, wm, encode_window(enc, bcvlr.sample_windows(obs, starts, 32, "cpu")))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = bcvlr.probe_latent_actions(idm, enc, obs, starts, ta, "cpu", n=1024)
+    chance = np.bincount(procgen_data["ta"], minlength=15).max() / len(procgen_data["ta"])
+    assert after > 3 * chance and after > before + 0.1, (before, after, chance)
+
+
+LEARN_STEPS = 300
+
+
+def test_data_error_is_raised_not_exited(tmp_path):
+    with pytest.raises(DataError):
+        load_video_dataset(str(tmp_path / "missing"))
+    with pytest.raises(DataError):
+        bcvlr.check_env_id("pong")

@@ -1,0 +1,367 @@
+"""Tests of bcvlr_continuous.py: unit tests of the losses and modules, the data loaders, every bad-input case, and tiny
+end-to-end runs on a real DMControl task and a real Metaworld task (datasets recorded here with random actions).
+Run: pytest tests/test_continuous.py  (about 2 minutes on 2 CPU cores)."""
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import bcvlr_continuous as bc  # noqa: E402
+
+SCRIPT = str(ROOT / "bcvlr_continuous.py")
+TINY = (
+    "--ssl-steps 3 --lam-steps 3 --bc-steps 3 --ssl-batch-size 16 --lam-batch-size 16 --bc-batch-size 16 "
+    "--online-bc-batch-size 16 --ft-batch-size 16 --impala-scale 1 --wm-scale 4 --policy-hidden 32 --encoder-channels 8 "
+    "--warmup-steps 9 --iteration-steps 10 --ft-updates 2 --online-bc-updates 2 --eval-episodes 1 "
+    "--max-episode-steps 12 --probe-every 2 --num-threads 1 --no-cuda"
+).split()
+
+
+def run(args, cwd):
+    env = dict(os.environ, MUJOCO_GL="egl", PYTHONWARNINGS="ignore")
+    return subprocess.run([sys.executable, SCRIPT, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def record(env_id, episodes, steps, seed=0):
+    """Random-action episodes from the real env -> list of (stacks [T, 9, 64, 64], actions [T, A], rewards [T])."""
+    env = bc.make_env(env_id, seed, max_episode_steps=steps)
+    out = []
+    for _ in range(episodes):
+        obs, _ = env.reset()
+        stacks, actions, rewards, done = [], [], [], False
+        while not done:
+            action = env.action_space.sample()
+            next_obs, reward, terminated, truncated, _ = env.step(action)
+            stacks.append(obs), actions.append(action), rewards.append(reward)
+            obs, done = next_obs, terminated or truncated
+        out.append((np.stack(stacks), np.stack(actions).astype(np.float32), np.array(rewards, np.float32)))
+    env.close()
+    return out
+
+
+def write_official(folder, episodes):
+    """Official layout: train/0.npz with obs [N, 9, 64, 64] uint8 and ta, done, rewards, ep_returns."""
+    (folder / "train").mkdir(parents=True, exist_ok=True)
+    obs = np.concatenate([e[0] for e in episodes])
+    done = np.concatenate([np.arange(len(e[0])) == len(e[0]) - 1 for e in episodes])
+    ep_returns = np.concatenate([np.full(len(e[0]), e[2].sum(), np.float32) for e in episodes])
+    np.savez(folder / "train" / "0.npz", obs=obs, ta=np.concatenate([e[1] for e in episodes]), done=done,
+             rewards=np.concatenate([e[2] for e in episodes]), ep_returns=ep_returns)
+
+
+def write_mp4(path, frames, size=None):
+    import imageio_ffmpeg
+
+    h, w = frames.shape[1:3]
+    writer = imageio_ffmpeg.write_frames(str(path), (w, h), fps=30, macro_block_size=16)
+    writer.send(None)
+    for frame in frames:
+        writer.send(np.ascontiguousarray(frame))
+    writer.close()
+
+
+# ----------------------------------------------------------------------------- unit tests
+def test_sinkhorn_rows_and_columns_normalised():
+    torch.manual_seed(0)
+    normalize = torch.nn.functional.normalize
+    scores = normalize(torch.randn(64, 16), dim=1) @ normalize(torch.randn(32, 16), dim=1).T  # cosine scores [B, K]
+    q = bc.sinkhorn_knopp(scores, temperature=0.1, iters=3)  # [B=64, K=32]
+    assert q.shape == (64, 32) and (q >= 0).all()
+    assert torch.allclose(q.sum(1), torch.ones(64), atol=1e-5)  # each sample's assignment is a distribution
+    target = 64 / 32  # equal use of prototypes: column sums B/K
+    q_many = bc.sinkhorn_knopp(scores, temperature=0.1, iters=200)
+    assert torch.allclose(q_many.sum(0), torch.full((32,), target), rtol=2e-2)
+    plain = torch.softmax(scores / 0.1, dim=1)
+    assert (q.sum(0) - target).abs().max() < (plain.sum(0) - target).abs().max()  # 3 iterations already balance
+
+
+def test_proto_loss_trains_encoder_and_normalises_prototypes():
+    torch.manual_seed(0)
+    f = bc.Encoder(9, 8)
+    ssl = bc.ProtoSSL(f, 8 * 32 * 32, num_protos=32)
+    obs_t, obs_tp1 = (torch.randint(0, 256, (8, 9, 64, 64), dtype=torch.uint8) for _ in range(2))
+    loss = bc.proto_temporal_loss(ssl, obs_t, obs_tp1, pad=4, temperature=0.1, iters=3)
+    assert torch.isfinite(loss) and 0 < loss.item() < 2 * np.log(32) + 1
+    assert torch.allclose(ssl.protos.weight.norm(dim=1), torch.ones(32), atol=1e-5)
+    before, target_before = f.convnet[0].weight.clone(), ssl.target_encoder.convnet[0].weight.clone()
+    opt = torch.optim.Adam(ssl.online_parameters(), lr=1e-3)
+    loss.backward()
+    opt.step()
+    assert not torch.equal(before, f.convnet[0].weight)
+    assert torch.equal(target_before, ssl.target_encoder.convnet[0].weight)  # target changes only by EMA
+    bc.soft_update(ssl.target_encoder, f, 0.05)
+    expected = 0.95 * target_before + 0.05 * f.convnet[0].weight
+    assert torch.allclose(ssl.target_encoder.convnet[0].weight, expected, atol=1e-6)
+
+
+def test_random_shift_is_a_crop_of_the_padded_image():
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
+    assert torch.equal(bc.random_shift(x, 0), x)
+    y = bc.random_shift(x, 2)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="replicate")
+    for b in range(2):
+        assert any(torch.equal(y[b], padded[b, :, i : i + 8, j : j + 8]) for i in range(5) for j in range(5))
+
+
+def test_vq_straight_through_commitment_and_ema():
+    torch.manual_seed(0)
+    vq = bc.VectorQuantizerEMA()
+    la = torch.randn(32, 128, requires_grad=True)
+    codebook = vq.codebook.clone()
+    la_q, commitment, perplexity = vq(la)
+    assert not torch.equal(codebook, vq.codebook)  # EMA update in train mode
+    assert la_q.shape == (32, 128) and 1.0 <= perplexity.item() <= 2 * 64
+    vectors = la_q.detach().view(32, 2, 16, 4).permute(1, 0, 3, 2)  # [N, B, H, D]: every vector is a codeword
+    for n in range(2):
+        dist = torch.cdist(vectors[n].reshape(-1, 16), codebook[n])
+        assert dist.min(1).values.max() < 1e-3  # codewords are ~0.2 apart
+    assert torch.allclose(commitment, ((la - la_q) ** 2).mean())
+    la_q.sum().backward()
+    assert torch.allclose(la.grad, torch.ones_like(la))  # straight-through estimator
+    vq.eval()
+    frozen = vq.codebook.clone()
+    vq(torch.randn(32, 128))
+    assert torch.equal(frozen, vq.codebook)  # no EMA update in eval mode
+
+
+def test_idm_and_unet_shapes():
+    feat = torch.randn(4, 32, 32, 32)
+    p = bc.IDM((32, 32, 32), scale=1)
+    la, la_q, commitment, _ = p(feat, feat)
+    assert la.shape == la_q.shape == (4, 128) and commitment.ndim == 0
+    w = bc.WorldModel((32, 32, 32), scale=24)
+    out = w(feat, la_q)
+    assert out.shape == (4, 32, 32, 32) and out.abs().max() <= 0.5
+    assert 1.8e6 < sum(x.numel() for x in w.parameters()) < 2.4e6  # spec: about 2.1 M parameters
+
+
+def test_decoder_and_exploration_noise():
+    d = bc.make_decoder(6)
+    assert d(torch.randn(5, 128)).shape == (5, 6)
+    rng = np.random.default_rng(0)
+    low, high = -np.ones(6, np.float32), np.ones(6, np.float32)
+    mu = np.full(6, 0.9, np.float32)
+    assert np.array_equal(bc.explore(mu, 0.0, low, high, rng), mu)
+    a = np.stack([bc.explore(mu, 0.5, low, high, rng) for _ in range(2000)])
+    assert a.dtype == np.float32 and a.min() >= -1 and a.max() <= 1 and (a == 1).any()  # clipped to the action space
+    wide = np.stack([bc.explore(np.zeros(6), 0.5, low * 10, high * 10, rng) for _ in range(4000)])
+    assert abs(wide.std() - 0.5) < 0.03 and abs(wide.mean()) < 0.03
+
+
+class CounterEnv(__import__("gymnasium").Env):
+    """Fake env whose frame t is filled with the value 10 * episode + t."""
+
+    observation_space = __import__("gymnasium").spaces.Box(0, 255, (4, 4, 3), np.uint8)
+    action_space = __import__("gymnasium").spaces.Box(-1, 1, (1,), np.float32)
+    episode = -1
+
+    def reset(self, seed=None, options=None):
+        self.episode, self.t = self.episode + 1, 0
+        return np.full((4, 4, 3), 10 * self.episode, np.uint8), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.full((4, 4, 3), 10 * self.episode + self.t, np.uint8), 0.0, False, self.t >= 3, {}
+
+
+def test_frame_stack_across_resets_matches_loader_stacking():
+    env = bc.FrameStack(CounterEnv(), 3)
+    values = lambda o: [int(o[3 * i, 0, 0]) for i in range(3)]  # noqa: E731  oldest first
+    obs, _ = env.reset()
+    seen = [obs]
+    assert obs.shape == (9, 4, 4) and values(obs) == [0, 0, 0]
+    for expected in ([0, 0, 1], [0, 1, 2], [1, 2, 3]):
+        obs = env.step(0)[0]
+        assert values(obs) == expected
+        seen.append(obs)
+    obs, _ = env.reset()
+    assert values(obs) == [10, 10, 10]  # nothing leaks from the previous episode
+    assert values(env.step(0)[0]) == [10, 10, 11]
+    frames = np.stack([np.full((4, 4, 3), v, np.uint8) for v in range(4)])
+    assert np.array_equal(bc.stack_frames(frames), np.stack(seen))  # the loader stacks single frames identically
+
+
+def test_replay_buffer_never_pairs_across_episode_end():
+    rb = bc.ReplayBuffer(50, (9, 4, 4), 1)
+    value = 0
+    for episode in range(6):
+        for t in range(5):
+            last = t == 4
+            rb.add(np.full((9, 4, 4), value, np.uint8), np.array([value], np.float32), last)
+            value += 1
+    rb.add(np.full((9, 4, 4), value, np.uint8), np.array([value], np.float32), False)  # newest: successor unknown
+    rng = np.random.default_rng(0)
+    obs_t, obs_tp1, act = rb.sample(2000, rng, "cpu")
+    v_t, v_tp1 = obs_t[:, 0, 0, 0].long(), obs_tp1[:, 0, 0, 0].long()
+    assert torch.equal(v_tp1, (v_t + 1) % 256) and torch.equal(act[:, 0].long(), v_t)
+    assert not ((v_t % 5) == 4).any()  # the last frame of an episode is never the first of a pair
+    assert len(set(v_t.tolist())) == 30 - 6  # every other pair is sampled
+    assert not (v_t == value).any()  # the newest entry has no successor yet
+
+
+# ----------------------------------------------------------------------------- loaders
+def test_loaders_official_npz_single_frame_npz_mp4_gif(tmp_path):
+    rng = np.random.default_rng(0)
+    official = tmp_path / "official" / "train"
+    official.mkdir(parents=True)
+    obs = rng.integers(0, 256, (30, 9, 64, 64), dtype=np.uint8)
+    done = np.zeros(30, bool)
+    done[[9, 29]] = True
+    ta, ep_returns = np.zeros((30, 2), np.float32), np.full(30, 3.0, np.float32)
+    ep_returns[10:] = 5.0
+    np.savez(official / "10.npz", obs=obs[10:], done=done[10:], ta=ta[10:], ep_returns=ep_returns[10:])
+    np.savez(official / "2.npz", obs=obs[:10], done=done[:10], ta=ta[:10], ep_returns=ep_returns[:10])
+    data = bc.load_videos(tmp_path / "official", "reacher_hard")
+    assert np.array_equal(data.obs, obs)  # numeric file order: 2.npz before 10.npz
+    assert data.ta.shape == (30, 2) and data.video_return() == pytest.approx(4.0)
+    assert 9 not in data.valid and 29 not in data.valid and len(data.valid) == 28
+    idx = data.sample(500, rng)
+    assert not np.isin(idx, [9, 29]).any()
+    assert len(bc.load_videos(tmp_path / "official", "reacher_hard", max_transitions=12).obs) == 12
+    capped = bc.load_videos(tmp_path / "official", "reacher_hard", max_gb=15 * 36864 / 2**30)
+    assert len(capped.obs) == 15 and capped.done[-1]
+
+    episodes = tmp_path / "episodes"
+    episodes.mkdir()
+    frames = rng.integers(0, 2, (12, 64, 64, 3), dtype=np.uint8) * 255  # 8 colours: gif stores them exactly
+    np.savez(episodes / "a.npz", obs=frames)
+    yy, xx = np.meshgrid(np.arange(128), np.arange(128), indexing="ij")
+    wave = lambda t, c: 128 + 100 * np.sin(xx / 16 + t / 3 + c) * np.cos(yy / 20)  # noqa: E731  smooth moving pattern
+    smooth = np.stack([np.stack([wave(t, c) for c in range(3)], -1) for t in range(12)])  # [12, 128, 128, 3]
+    write_mp4(episodes / "b.mp4", smooth.astype(np.uint8))  # 128x128, resized to 64x64 by the loader
+    import imageio.v3 as iio
+
+    iio.imwrite(episodes / "c.gif", frames)
+    data = bc.load_videos(episodes, "reacher_hard")
+    assert data.obs.shape == (36, 9, 64, 64) and data.obs.dtype == np.uint8 and data.ta is None
+    assert np.array_equal(data.obs[:12], bc.stack_frames(frames))
+    assert np.array_equal(data.obs[24:, 6:], frames.transpose(0, 3, 1, 2))  # gif is lossless
+    expected = smooth[:, ::2, ::2].transpose(0, 3, 1, 2)
+    assert np.abs(data.obs[12:24, 6:].astype(float) - expected).mean() < 8  # mp4 is lossy, the content survives
+    assert list(np.flatnonzero(data.done)) == [11, 23, 35]
+
+
+BAD_CASES = {
+    "missing": ("reacher_hard", None, "python experts/dmc_expert.py --env-id reacher_hard"),
+    "missing_metaworld": ("reach-v3", None, "python experts/metaworld_expert.py --env-id reach-v3"),
+    "empty": ("reacher_hard", "empty", "no .npz/.mp4/.gif/.webm/.avi files"),
+    "corrupted": ("reacher_hard", "corrupted", "could not read"),
+    "wrong_shape": ("reacher_hard", "wrong_shape", "expected uint8"),
+    "wrong_dtype": ("reacher_hard", "wrong_dtype", "dtype float32"),
+    "too_few": ("reacher_hard", "too_few", "usable frame pairs"),
+    "unknown_env": ("nope_nothing", "too_few", "unknown env id"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CASES))
+def test_bad_input_is_one_line_error(tmp_path, case):
+    env_id, kind, message = BAD_CASES[case]
+    folder = tmp_path / "videos"
+    if kind is not None:
+        (folder / "train").mkdir(parents=True)
+    if kind == "corrupted":
+        (folder / "train" / "0.npz").write_bytes(b"this is not a zip file")
+    elif kind == "wrong_shape":
+        np.savez(folder / "train" / "0.npz", obs=np.zeros((40, 3, 32, 32), np.uint8))
+    elif kind == "wrong_dtype":
+        np.savez(folder / "train" / "0.npz", obs=np.zeros((40, 9, 64, 64), np.float32))
+    elif kind == "too_few":
+        np.savez(folder / "train" / "0.npz", obs=np.zeros((5, 9, 64, 64), np.uint8))
+    result = run(["--env-id", env_id, "--video-dir", str(folder), *TINY], tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "Traceback" not in output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], output
+
+
+# ----------------------------------------------------------------------------- end to end
+def check_run(tmp_path, env_id, metaworld=False):
+    [results_path] = glob.glob(str(tmp_path / "runs" / f"{env_id}__*" / "results.json"))
+    results = json.load(open(results_path))
+    run_dir = Path(results_path).parent
+    assert results["env_id"] == env_id and results["interrupted"] is False and results["eval_episodes"] == 1
+    assert np.isfinite(results["episodic_return_mean"])
+    assert set(results["wall_clock_s"]) == {"ssl", "lam", "bc", "online", "eval"}
+    rows = (run_dir / "eval.csv").read_text().strip().splitlines()
+    assert rows[0] == "env_step,episodic_return" + (",success_rate" if metaworld else "")
+    assert len(rows) == 1 + results["env_steps"] // (10 * results["args"]["action_repeat"])
+    assert (run_dir / "bcvlr_continuous.cleanrl_model").exists()
+    if metaworld:
+        assert 0.0 <= results["success_rate"] <= 1.0
+    return results, run_dir
+
+
+@pytest.fixture(scope="module")
+def reacher_episodes():
+    return record("reacher_hard", 2, 20)
+
+
+def test_end_to_end_dmcontrol(tmp_path, reacher_episodes):
+    write_official(tmp_path / "expert_data" / "reacher_hard", reacher_episodes)
+    result = run(["--env-id", "reacher_hard", "--total-timesteps", "40", *TINY], tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "global_step=24, episodic_return=" in result.stdout  # 12 agent steps x action repeat 2
+    assert "[diagnostic] lam step 3" in result.stdout
+    results, run_dir = check_run(tmp_path, "reacher_hard")
+    assert results["env_steps"] == 40 and results["video_return"] is not None
+    assert results["args"]["ft_wm_coef"] == 1e-3 and results["args"]["ft_updates"] == 2  # reacher override, CLI wins
+    # same seed on CPU -> the same trained networks
+    (tmp_path / "again").mkdir()
+    write_official(tmp_path / "again" / "expert_data" / "reacher_hard", reacher_episodes)
+    assert run(["--env-id", "reacher_hard", "--total-timesteps", "40", *TINY], tmp_path / "again").returncode == 0
+    [model_b] = glob.glob(str(tmp_path / "again" / "runs" / "*" / "bcvlr_continuous.cleanrl_model"))
+    a, b = (torch.load(path, weights_only=False) for path in (run_dir / "bcvlr_continuous.cleanrl_model", model_b))
+    for net in ("f", "p", "w", "pi", "d"):
+        assert all(torch.equal(a[net][k], b[net][k]) for k in a[net]), net
+    # resume from the offline checkpoint with the ablations switched on
+    (tmp_path / "runs2").mkdir()
+    args = ["--env-id", "reacher_hard", "--video-dir", str(tmp_path / "expert_data" / "{env_id}"), "--total-timesteps", "20",
+            "--offline-checkpoint", str(run_dir / "offline.pt"), "--no-finetune-latent-actions", "--ft-wm-coef", "0", *TINY]
+    result = run(args, tmp_path / "runs2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "skipping stages 1-3" in result.stdout and "stage 1" not in result.stderr
+    assert not (Path(glob.glob(str(tmp_path / "runs2" / "runs" / "*"))[0]) / "offline.pt").exists()
+
+
+def test_end_to_end_metaworld_from_mp4(tmp_path):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for k, (stacks, _, _) in enumerate(record("drawer-open-v3", 2, 20)):
+        write_mp4(folder / f"{k}.mp4", stacks[:, -3:].transpose(0, 2, 3, 1))  # newest frame of each stack
+    args = ["--env-id", "drawer-open-v3", "--video-dir", str(folder), "--total-timesteps", "20"]
+    args += ["--no-ssl-encoder", "--capture-video"]
+    result = run(args + TINY, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(glob.glob(str(tmp_path / "videos" / "*" / "eval_*.mp4"))) == 2  # one per evaluation round
+    results, _ = check_run(tmp_path, "drawer-open-v3", metaworld=True)
+    assert results["env_steps"] == 20 and results["args"]["action_repeat"] == 1 and results["video_return"] is None
+    assert "stage 1" not in result.stderr  # --no-ssl-encoder skips the SSL loop
+
+
+def test_interrupt_writes_results(tmp_path, reacher_episodes):
+    write_official(tmp_path / "expert_data" / "reacher_hard", reacher_episodes)
+    env = dict(os.environ, MUJOCO_GL="egl", PYTHONWARNINGS="ignore", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, SCRIPT, "--env-id", "reacher_hard", "--total-timesteps", "100000", *TINY]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in proc.stdout:  # wait for the first evaluation, then press Ctrl-C
+        if line.startswith("eval global_step="):
+            proc.send_signal(signal.SIGINT)
+            break
+    rest = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0 and "interrupted" in rest
+    [results_path] = glob.glob(str(tmp_path / "runs" / "*" / "results.json"))
+    results = json.load(open(results_path))
+    assert results["interrupted"] is True and 20 <= results["env_steps"] < 100000
+    assert results["episodic_return_mean"] is not None
+    assert (Path(results_path).parent / "bcvlr_continuous.cleanrl_model").exists()

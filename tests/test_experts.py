@@ -1,0 +1,146 @@
+"""Tests of the demonstrators in experts/: each one beats a uniform random policy on short real episodes (both
+measured by the scripts themselves, nothing hard-coded), and the files they write have the documented layout and
+load in the matching learner. Runs the scripts through their command line, as a user would (about 1-2 min)."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def run_expert(script, out_dir, *args):
+    env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"))
+    cmd = [sys.executable, os.path.join(ROOT, "experts", script), "--out-dir", str(out_dir), "--num-previews", "1", *args]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    with open(os.path.join(out_dir, "info.json")) as f:
+        return json.load(f)
+
+
+def load_split(out_dir, split="train"):
+    files = sorted((f for f in os.listdir(os.path.join(out_dir, split)) if f.endswith(".npz")), key=lambda f: int(f[:-4]))
+    return [dict(np.load(os.path.join(out_dir, split, f))) for f in files]
+
+
+def check_chunks(chunks, obs_shape, act_dtype, act_dim=None):
+    """Keys, shapes, dtypes and done / ep_returns semantics of every chunk."""
+    assert chunks, "no chunk written"
+    for d in chunks:
+        n = len(d["done"])
+        assert {"obs", "ta", "done", "rewards", "ep_returns"} <= set(d)
+        assert d["obs"].dtype == np.uint8 and d["obs"].shape == (n, *obs_shape)
+        assert d["ta"].dtype == act_dtype and len(d["ta"]) == n
+        if act_dim:
+            assert d["ta"].shape == (n, act_dim) and np.all(np.abs(d["ta"]) <= 1)
+        assert d["done"].dtype == bool and d["rewards"].dtype == np.float32 and d["ep_returns"].dtype == np.float32
+        assert d["done"][-1], "chunks hold complete episodes only"
+        ends = np.flatnonzero(d["done"])
+        for s, e in zip(np.r_[0, ends[:-1] + 1], ends + 1):  # one episode: constant ep_returns = sum of its rewards
+            assert np.allclose(d["ep_returns"][s:e], d["rewards"][s:e].sum(), atol=1e-3)
+        assert d["obs"].reshape(n, -1).std(0).max() > 0, "frames never change"
+
+
+def check_frame_stacks(chunks):
+    """Channels-first stacks of 3 frames, oldest first; the first frame of an episode is repeated."""
+    for d in chunks:
+        obs, ends = d["obs"], np.flatnonzero(d["done"])
+        for s, e in zip(np.r_[0, ends[:-1] + 1], ends + 1):
+            assert (obs[s, 0:3] == obs[s, 6:9]).all() and (obs[s, 3:6] == obs[s, 6:9]).all()
+            assert (obs[s + 1 : e, 0:6] == obs[s : e - 1, 3:9]).all()
+
+
+@pytest.fixture(scope="module")
+def procgen_runs(tmp_path_factory):
+    pytest.importorskip("procgen")
+    runs = {}
+    for game in ("bigfish", "fruitbot"):
+        out = tmp_path_factory.mktemp("expert_data") / game
+        info = run_expert("procgen_expert.py", out, "--env-id", game, "--num-transitions", "200", "--test-fraction", "0.5",
+                          "--num-envs", "1", "--seed", "3", "--random-episodes", "30")
+        runs[game] = (str(out), info)
+    return runs
+
+
+@pytest.mark.parametrize("game", ["bigfish", "fruitbot"])
+def test_procgen_planner_beats_random(procgen_runs, game):
+    out, info = procgen_runs[game]
+    train = load_split(out, "train")
+    returns = np.concatenate([d["ep_returns"][d["done"]] for d in train])
+    assert info["num_transitions"] >= 200 and info["num_test_transitions"] >= 100
+    assert returns.mean() > info["random_return_mean"] + 3.0, (returns, info["random_return_mean"])
+
+
+def test_procgen_files(procgen_runs):
+    out, info = procgen_runs["bigfish"]
+    for split in ("train", "test"):
+        check_chunks(load_split(out, split), (64, 64, 3), np.int64)
+    assert os.path.exists(os.path.join(out, "previews", "ep0.mp4"))
+    assert not [f for f in os.listdir(os.path.join(out, "train")) if f.endswith(".tmp")]
+    bcvlr = pytest.importorskip("bcvlr")
+    if not hasattr(bcvlr, "load_video_dataset"):
+        pytest.skip("bcvlr.load_video_dataset does not exist yet")
+    data = bcvlr.load_video_dataset(out)
+    n = sum(len(d["done"]) for d in load_split(out))
+    assert data["obs"].shape == (n, 64, 64, 3) and data["done"].sum() == info["num_episodes"] - sum(
+        d["done"].sum() for d in load_split(out, "test"))
+    assert np.isclose(data["video_return"], np.mean(np.concatenate([d["ep_returns"][d["done"]] for d in load_split(out)])))
+
+
+def test_metaworld_reach_succeeds(tmp_path):
+    pytest.importorskip("metaworld")
+    out = tmp_path / "reach-v3"
+    info = run_expert("metaworld_expert.py", out, "--env-id", "reach-v3", "--num-transitions", "500", "--random-episodes", "3")
+    chunks = load_split(out)
+    check_chunks(chunks, (9, 64, 64), np.float32, act_dim=4)
+    check_frame_stacks(chunks)
+    d = chunks[0]
+    assert len(d["done"]) == 500 and d["success"].dtype == bool and d["success"].any()
+    assert info["success_rate"] == 1.0 and info["random_success_rate"] < 1.0
+    assert info["ep_return_mean"] > info["random_return_mean"]
+    check_continuous_loader(out, "reach-v3")
+
+
+@pytest.mark.parametrize("env_id", ["reacher_easy", "point_mass_easy"])
+def test_dmc_controller_beats_random(tmp_path, env_id):
+    pytest.importorskip("dm_control")
+    out = tmp_path / env_id
+    info = run_expert("dmc_expert.py", out, "--env-id", env_id, "--num-transitions", "1000", "--random-episodes", "3")
+    chunks = load_split(out)
+    check_chunks(chunks, (9, 64, 64), np.float32, act_dim=2)
+    check_frame_stacks(chunks)
+    assert info["num_transitions"] == 1000 and info["num_episodes"] == 2
+    assert info["ep_return_mean"] > max(700.0, info["random_return_mean"] + 300.0), info
+    check_continuous_loader(out, env_id)
+
+
+def test_dmc_resume_keeps_chunks(tmp_path):
+    """A second run with a larger budget keeps the complete chunks on disk and only adds the missing episodes."""
+    pytest.importorskip("dm_control")
+    out = tmp_path / "point_mass_easy"
+    run_expert("dmc_expert.py", out, "--env-id", "point_mass_easy", "--num-transitions", "500", "--random-episodes", "0",
+               "--chunk-size", "500")
+    first = np.load(out / "train" / "0.npz")["obs"]
+    (out / "train" / "7.npz.tmp").write_bytes(b"half-written")  # what an interrupted write would leave behind
+    info = run_expert("dmc_expert.py", out, "--env-id", "point_mass_easy", "--num-transitions", "1000", "--random-episodes", "0",
+                      "--chunk-size", "500")
+    assert sorted(os.listdir(out / "train")) == ["0.npz", "1.npz"]
+    assert (np.load(out / "train" / "0.npz")["obs"] == first).all()
+    assert info["num_transitions"] == 1000 and info["num_episodes"] == 2
+    a, b = (np.load(out / "train" / f"{i}.npz")["obs"] for i in (0, 1))
+    assert not (a[0] == b[0]).all(), "the resumed run must record new episodes"
+
+
+def check_continuous_loader(out, env_id):
+    bc = pytest.importorskip("bcvlr_continuous")
+    if not hasattr(bc, "load_videos"):
+        pytest.skip("bcvlr_continuous.load_videos does not exist yet")
+    data = bc.load_videos(str(out), env_id)
+    chunks = load_split(out)
+    assert data.obs.shape == (sum(len(d["done"]) for d in chunks), 9, 64, 64)
+    assert (data.done == np.concatenate([d["done"] for d in chunks])).all()
+    assert np.isclose(data.video_return(), np.mean(np.concatenate([d["ep_returns"][d["done"]] for d in chunks])))
