@@ -13,13 +13,16 @@ No reward is ever used for learning.
     $ python bcvlr.py --env-id fruitbot --impala-scale 1 --wm-scale 8 --ssl-steps 2000 --lam-steps 2000 --bc-steps 2000
     $ python bcvlr.py --env-id bigfish --video-env-ids bigfish maze starpilot   # multi-task pre-training (BCV-LR-M)
 """
+import contextlib
 import copy
 import glob
+import io
 import json
 import os
 import random
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -188,7 +191,8 @@ def check_env_id(env_id):
 # ============================================================================================
 def make_env(env_id, num_envs, seed):
     """64 x 64 RGB Procgen, easy mode, the full level distribution (num_levels=0), native frame skip."""
-    from procgen import ProcgenEnv  # imported here so that `--help` and the tests of the networks need no procgen
+    with contextlib.redirect_stderr(io.StringIO()):  # procgen imports gym 0.26, which prints a deprecation notice
+        from procgen import ProcgenEnv
 
     return ProcgenEnv(
         num_envs=num_envs, env_name=env_id, num_levels=0, start_level=0, distribution_mode="easy", rand_seed=seed
@@ -209,7 +213,7 @@ def _read_npz(path):
     except Exception as e:
         raise DataError(f"could not read {path} ({type(e).__name__}: {e}); the file is corrupted, delete or replace it")
     obs = d["obs"]
-    if obs.ndim != 4 or obs.shape[1:] != (64, 64, 3) or obs.dtype != np.uint8:
+    if obs.ndim != 4 or obs.shape[1:] != (64, 64, 3) or obs.dtype != np.uint8 or len(obs) == 0:
         raise DataError(f"'obs' in {path} has shape {obs.shape} and dtype {obs.dtype}; expected (N, 64, 64, 3) uint8")
     for k in ("ta", "done", "rewards", "ep_returns"):
         if k in d and len(d[k]) != len(obs):
@@ -577,7 +581,7 @@ def finetune_loss(idm, wm, decoder, feats, actions, wm_coef):
 
 
 @torch.no_grad()
-def probe_latent_actions(idm, encoder, obs, starts, actions, device, n=4096, epochs=10, seed=0):
+def probe_latent_actions(idm, encoder, obs, starts, actions, device, n=4096, epochs=30, seed=0):
     """Diagnostic only (expert actions are never used for training): fit a fresh MLP from p's latent actions to the
     true actions a_t on half of n video windows and return its accuracy on the other half. Uses its own random
     state, so that running it does not change the training run."""
@@ -588,13 +592,14 @@ def probe_latent_actions(idm, encoder, obs, starts, actions, device, n=4096, epo
         idm.eval()
         las = torch.cat([idm.trunk(encode_window(encoder, windows_at(obs, s, device)).flatten(1, 2)) for s in sel.split(256)])
         idm.train(was_training)
+        las = (las - las.mean(0)) / (las.std(0) + 1e-6)  # standardised latent actions
         y = actions[sel + 1].to(device)  # a_t: the action taken at the middle frame o_t
         half = len(sel) // 2
         probe = nn.Sequential(nn.Linear(las.shape[1], 128), nn.ReLU(), nn.Linear(128, NUM_ACTIONS)).to(device)
         opt = torch.optim.Adam(probe.parameters(), lr=1e-3)
         with torch.enable_grad():
             for _ in range(epochs):
-                for b in torch.randperm(half).split(128):
+                for b in torch.randperm(half).split(64):
                     loss = F.cross_entropy(probe(las[b]), y[b])
                     opt.zero_grad()
                     loss.backward()
@@ -633,6 +638,7 @@ def evaluate(policy, decoder, env_id, num_episodes, seed, device, video_path=Non
 
 
 def write_mp4(path, frames, scale=4):
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated")  # raised inside imageio-ffmpeg 0.3.0
     import imageio_ffmpeg  # imageio's own mp4 writer fails with imageio-ffmpeg 0.3.0 (spec/dependencies.md section 5)
 
     os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -38,8 +38,8 @@ def record_procgen(env_id, num_frames, seed):
 def write_lapo_dataset(path, data, chunk=None):
     """Write `data` as LAPO-style chunks train/0.npz, train/1.npz, ... (chunk boundaries at episode ends)."""
     os.makedirs(os.path.join(path, "train"), exist_ok=True)
-    ends = np.flatnonzero(data["done"]) + 1
-    bounds = [0] + [int(e) for e in ends]
+    n = len(data["obs"])
+    bounds = sorted({0, n, *(int(e) for e in np.flatnonzero(data["done"]) + 1)})
     if chunk:  # group whole episodes into chunks of about `chunk` frames
         groups, start = [], 0
         for e in bounds[1:]:
