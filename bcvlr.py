@@ -87,7 +87,7 @@ class Args:
     offline_checkpoint: Optional[str] = None
     """path to an `offline.pt`: resume or skip the offline stages it already holds (reuse one pre-training)"""
     eval_episodes: int = 32
-    """episodes of the final evaluation (one per env, sampled actions, held-out level seeds)"""
+    """episodes of the final evaluation (one per env, sampled actions, a fresh env with its own seed)"""
 
     # Network sizes (paper defaults; shrink for CPU runs)
     impala_scale: int = 4
@@ -614,8 +614,8 @@ def soft_update(target, source, tau):
 
 @torch.no_grad()
 def evaluate(policy, decoder, env_id, num_episodes, seed, device, video_path=None):
-    """Run `num_episodes` episodes (one per env, sampled actions a ~ Categorical(d(pi(o)))) on level seeds that
-    training never drew from, and return their returns and lengths."""
+    """Run `num_episodes` episodes (one per env, sampled actions a ~ Categorical(d(pi(o)))) in a fresh vector env
+    whose level sequence comes from its own seed, and return their returns and lengths."""
     envs = make_env(env_id, num_episodes, seed)
     obs = envs.reset()["rgb"]
     returns, lengths = np.zeros(num_episodes), np.zeros(num_episodes, dtype=int)

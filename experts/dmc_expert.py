@@ -172,7 +172,7 @@ class ShootingMPC:
 
 
 # settings measured to work (experts/README.md); hold = agent steps each random action is held
-MPC_SETTINGS = dict(finger_spin=dict(num_candidates=64, horizon=10, hold=2, perturbed=0.5),
+MPC_SETTINGS = dict(finger_spin=dict(num_candidates=128, horizon=10, hold=2, perturbed=0.5),
                     cup_catch=dict(num_candidates=32, horizon=10, hold=3))
 CONTROLLERS = dict(point_mass_easy=PointMassPD, reacher_easy=ReacherPD, reacher_hard=ReacherPD)
 
@@ -219,3 +219,4 @@ if __name__ == "__main__":
                       render={"height": 64, "width": 64, "camera_id": 0, "offsamples": 0, "shadowsize": 0,
                               "action_repeat": ACTION_REPEAT, "frame_stack": 3, "episode_length": 500})
     print({k: info[k] for k in ("num_transitions", "num_episodes", "ep_return_mean", "ep_return_std", "random_return_mean")})
+    print(f"expert videos in {out_dir}; train on them with: python bcvlr_continuous.py --env-id {args.env_id} --video-dir {out_dir}")

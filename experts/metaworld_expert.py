@@ -41,6 +41,8 @@ class Args:
     """episodes of a uniform random policy (no rendering) measured for info.json (0 to skip)"""
     max_episodes: int = 0
     """stop after this many episodes (0 = no limit; for quick measurements)"""
+    skip_failed: bool = True
+    """do not record episodes in which the scripted policy never succeeds (they are counted in info.json)"""
 
 
 def make_env(env_id, seed, render=True):
@@ -91,9 +93,11 @@ if __name__ == "__main__":
     start, successes = time.time(), []
     while not writer.done and not (args.max_episodes and len(successes) >= args.max_episodes):
         ep = run_episode(env, policy)
+        successes.append(ep["success"].any())
+        if args.skip_failed and not successes[-1]:
+            continue
         before = writer.num_recorded
         writer.add(ep)
-        successes.append(ep["success"].any())
         pbar.update(writer.num_recorded - before)
         pbar.set_postfix(success=f"{np.mean(successes):.2f}", ep_return=f"{np.mean(writer.returns):.0f}")
     for split in ("train", "test"):
@@ -116,7 +120,9 @@ if __name__ == "__main__":
         ep_success += [d["success"][s:e + 1].any() for s, e in zip(np.r_[0, ends[:-1] + 1], ends)]
     info = write_info(out_dir, env_id=args.env_id, suite="metaworld", seed=args.seed, random_return_mean=rand_ret,
                       random_success_rate=rand_succ, success_rate=float(np.mean(ep_success)),
+                      demonstrator_success_rate_this_run=float(np.mean(successes)), skip_failed=args.skip_failed,
                       demonstrator=f"metaworld.policies.{type(policy).__name__} (scripted, state-based)",
                       render={"camera_name": "corner2", "width": 64, "height": 64, "offsamples": 0, "shadowsize": 0,
                               "flip": "img[::-1, ::-1]", "frame_stack": 3, "action_repeat": 1, "episode_length": 500})
     print({k: info[k] for k in ("num_transitions", "num_episodes", "ep_return_mean", "success_rate", "random_return_mean", "random_success_rate")})
+    print(f"expert videos in {out_dir}; train on them with: python bcvlr_continuous.py --env-id {args.env_id} --video-dir {out_dir}")

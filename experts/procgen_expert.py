@@ -3,18 +3,23 @@
 # decision the current state is copied into `num_candidates` simulator envs that roll out different action
 # sequences in parallel; the first actions of the best-scoring sequence are executed in the real env.
 # Score = discounted reward within the horizon, minus `death_penalty` if the rollout's episode ends without the
-# level-complete signal (info["prev_level_complete"]). Frames of the real env are written as LAPO-layout videos.
+# level-complete signal (info["prev_level_complete"]), plus a small bonus for reaching frames the real episode has
+# not shown yet (exploration). Frames of the real env are written as LAPO-layout videos.
 #   python experts/procgen_expert.py --env-id fruitbot --num-transitions 50000 --seed 1
+import contextlib
+import io
 import time
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
-import procgen
 import tyro
 from tqdm import tqdm
 
 from common import EpisodeWriter, write_info
+
+with contextlib.redirect_stderr(io.StringIO()):  # `import procgen` imports gym, which prints an "unmaintained" notice
+    import procgen
 
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")  # imageio_ffmpeg 0.3.0
 
@@ -52,6 +57,8 @@ class Args:
     """discount of rewards inside a rollout"""
     death_penalty: float = 10.0
     """subtracted when a rollout's episode ends without completing the level"""
+    novelty_bonus: float = 1.0
+    """bonus for rollouts that reach frames the real episode has not shown yet (exploration in maze, heist, ...)"""
     chunk_size: int = 10000
     """transitions per .npz chunk"""
     num_previews: int = 2
@@ -83,6 +90,11 @@ class Planner:
         self.sim = procgen.ProcgenGym3Env(num=num_envs * self.K, env_name=args.env_id, distribution_mode="easy",
                                           num_levels=0, start_level=0, rand_seed=args.seed)
         self.plans = [self.random_plans(1)[0] for _ in range(num_envs)]
+        self.visited = [set() for _ in range(num_envs)]  # hashes of the frames each real episode has shown
+
+    @staticmethod
+    def frame_key(frame):
+        return hash(frame[::4, ::4].tobytes())
 
     def random_plans(self, n):
         segs = -(-self.a.horizon // self.a.action_repeat)
@@ -106,8 +118,12 @@ class Planner:
         flat = plans.reshape(self.E * K, H)
         for t in range(H):
             self.sim.act(flat[:, t].astype(np.int32))
-            rew, _, first = self.sim.observe()
+            rew, obs, first = self.sim.observe()
             score += alive * self.a.discount**t * rew
+            if self.a.novelty_bonus and (t + 1) % 8 == 0:  # novel frames along the rollout (checked every 8 steps)
+                for i in np.nonzero(alive & ~first)[0]:
+                    if self.frame_key(obs["rgb"][i]) not in self.visited[i // K]:
+                        score[i] += self.a.novelty_bonus * 8 / H
             if first.any():
                 for i in np.nonzero(first & alive)[0]:
                     if not self.sim.get_info()[i].get("prev_level_complete", 0):
@@ -150,12 +166,14 @@ if __name__ == "__main__":
                 eps[e]["obs"].append(obs["rgb"][e])
                 eps[e]["ta"].append(actions[e, k])
                 eps[e]["rewards"].append(rew[e])
+                planner.visited[e].add(planner.frame_key(obs["rgb"][e]))
             steps += args.num_envs
             obs = next_obs
             for e in np.nonzero(first)[0]:
                 ep = dict(obs=np.stack(eps[e]["obs"]).astype(np.uint8), ta=np.asarray(eps[e]["ta"], np.int64),
                           rewards=np.asarray(eps[e]["rewards"], np.float32))
                 eps[e] = dict(obs=[], ta=[], rewards=[])
+                planner.visited[e] = set()
                 ep_count[e] += 1
                 if quota and ep_count[e] > quota:
                     continue
@@ -176,7 +194,8 @@ if __name__ == "__main__":
                       paper_expert_return=EXPERT_RETURN.get(args.env_id), lapo_random_return=RANDOM_RETURN.get(args.env_id),
                       demonstrator=f"random-shooting planner on procgen state save/restore: {args.num_candidates} candidates, "
                                    f"horizon {args.horizon}, action repeat {args.action_repeat}, replan every {args.replan_every}, "
-                                   f"death penalty {args.death_penalty}",
+                                   f"death penalty {args.death_penalty}, novelty bonus {args.novelty_bonus}",
                       render={"distribution_mode": "easy", "num_levels": 0, "obs": "rgb 64x64x3"},
                       frames_per_second_this_run=steps / elapsed)
     print({k: info[k] for k in ("num_transitions", "num_test_transitions", "num_episodes", "ep_return_mean", "random_return_mean")})
+    print(f"expert videos in {out_dir}; train on them with: python bcvlr.py --env-id {args.env_id} --video-dir {out_dir}")

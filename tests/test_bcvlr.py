@@ -271,29 +271,59 @@ def test_end_to_end_multitask_and_ablations(tmp_path, procgen_data):
 
 
 # ---------------------------------------------------------------- learning: latent actions carry the true actions
-def test_latent_actions_learn_true_actions_from_real_procgen_frames(procgen_data):
-    """Train the latent action model (stage 2) on ~1.5k real Procgen transitions without actions, then probe:
-    p's latent actions must predict the true actions clearly above chance, and better than before training."""
+def _panned_windows(frames, n, seed, shift=6):
+    """3-frame windows cut from real Procgen frames (upscaled x2) by a camera that pans with a known action:
+    0 = stay, 1 = right, 2 = left, 3 = down, 4 = up. Returns uint8 windows [n, 3, 64, 64, 3] and the actions [n]."""
+    big = torch.from_numpy(frames).repeat_interleave(2, 1).repeat_interleave(2, 2)  # [N, 128, 128, 3]
+    moves = torch.tensor([[0, 0], [0, shift], [0, -shift], [shift, 0], [-shift, 0]])
+    g = torch.Generator().manual_seed(seed)
+    idx, act = torch.randint(len(big), (n,), generator=g), torch.randint(5, (n,), generator=g)
+    y0, x0 = torch.randint(16, 48, (2, n), generator=g)
+    win = [torch.stack([big[i, y + s * dy : y + s * dy + 64, x + s * dx : x + s * dx + 64] for s in range(3)])
+           for i, a, y, x in zip(idx, act, y0, x0) for dy, dx in [moves[a].tolist()]]
+    return torch.stack(win), act
+
+
+def test_latent_action_model_discovers_actions_without_labels(procgen_data):
+    """Stage 2 alone (L_la, no action labels) on 1000 windows of real Procgen frames whose motion is set by a known
+    action: afterwards p's latent actions predict that action (probe on held-out windows) far above chance and
+    clearly better than the same probe on the untrained model."""
     torch.manual_seed(0)
-    a = args_of(encoder_channels=4, impala_scale=1, wm_scale=8, vq_decay=0.95)
-    obs = torch.from_numpy(procgen_data["obs"])
-    starts = torch.from_numpy(window_starts(procgen_data["done"]))
-    ta = torch.from_numpy(procgen_data["ta"])
-    enc = Encoder(4).requires_grad_(False)
-    idm, wm = IDM(a), WorldModel(8, 4, 128, base=8)
-    before = bcvlr.probe_latent_actions(idm, enc, obs, starts, ta, "cpu", n=1024)
+    windows, act = _panned_windows(procgen_data["obs"][:300], 1000, seed=0)
+    obs = windows.reshape(-1, 64, 64, 3)  # one 3-frame "episode" per window
+    starts = torch.arange(0, len(obs), 3)
+    ta = torch.zeros(len(obs), dtype=torch.long)
+    ta[starts + 1] = act  # the action of window i is the one taken at its middle frame
+    a = args_of(encoder_channels=2, impala_scale=1, wm_scale=4, vq_decay=0.95)
+    enc = Encoder(2).requires_grad_(False)
+    idm, wm = IDM(a), WorldModel(4, 2, 128, base=4)
+    before = bcvlr.probe_latent_actions(idm, enc, obs, starts, ta, "cpu", n=1000)
     opt = torch.optim.AdamW(list(idm.parameters()) + list(wm.parameters()), lr=1e-3)
-    for _ in range(LEARN_STEPS):
-        loss, _, _ = latent_dynamics_loss(idm, wm, encode_window(enc, bcvlr.sample_windows(obs, starts, 32, "cpu")))
+    for _ in range(300):
+        idx = starts[torch.randint(len(starts), (16,))]
+        loss, _, _ = latent_dynamics_loss(idm, wm, encode_window(enc, bcvlr.windows_at(obs, idx, "cpu")))
         opt.zero_grad()
         loss.backward()
         opt.step()
-    after = bcvlr.probe_latent_actions(idm, enc, obs, starts, ta, "cpu", n=1024)
-    chance = np.bincount(procgen_data["ta"], minlength=15).max() / len(procgen_data["ta"])
-    assert after > 3 * chance and after > before + 0.1, (before, after, chance)
+    after = bcvlr.probe_latent_actions(idm, enc, obs, starts, ta, "cpu", n=1000)
+    chance = np.bincount(act.numpy(), minlength=5).max() / len(act)
+    assert after > 2.5 * chance and after > before + 0.08, (before, after, chance)
 
 
-LEARN_STEPS = 300
+def test_probe_reads_actions_that_are_there():
+    """The diagnostic probe itself: an IDM whose latent action is the one-hot true action scores ~100%."""
+    class OneHotIDM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.trunk = lambda feats: nn.functional.one_hot(feats[:, 0, 0, 0].long(), 128).float()
+
+    obs = torch.zeros(600, 64, 64, 3, dtype=torch.uint8)
+    ta = torch.randint(15, (600,))
+    obs[:, 0, 0, 0] = torch.roll(ta, -1).byte() + 128  # frame i carries the action of frame i + 1
+    starts = torch.arange(0, 598)
+    enc = lambda x: ((x[:, :1] + 0.5) * 255 - 128).round()  # recovers the stored byte
+    acc = bcvlr.probe_latent_actions(OneHotIDM(), enc, obs, starts, ta, "cpu", n=512)
+    assert acc > 0.95
 
 
 def test_data_error_is_raised_not_exited(tmp_path):
