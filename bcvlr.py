@@ -248,7 +248,8 @@ def load_video_dataset(video_dir, split="train", max_frames=0, max_bytes=0):
     (True at the last frame of an episode or of a chunk), optional ta [N] (diagnostics only), and `video_return`
     (mean return of the complete episodes, when the data carries rewards) or None."""
     if not os.path.isdir(video_dir):
-        raise DataError(f"no expert videos at '{video_dir}'")
+        raise DataError(f"no expert videos at '{video_dir}'. Make them with `python experts/procgen_expert.py --env-id "
+                        f"{os.path.basename(os.path.normpath(video_dir))}` or download LAPO's dataset (README, 'Data')")
     files = sorted(glob.glob(os.path.join(video_dir, split, "*.npz")), key=lambda p: _numeric_stem(p))
     if not files and split == "train":
         files = sorted(f for ext in VIDEO_EXTENSIONS for d in (video_dir, os.path.join(video_dir, "train"))
@@ -654,8 +655,7 @@ if __name__ == "__main__":
     args = tyro.cli(Args)
     args.la_dim = args.vq_num_codebooks * args.vq_num_latents * args.vq_dim
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    os.makedirs(f"runs/{run_name}", exist_ok=True)
-    timings, t0 = {}, time.time()
+    timings = {}
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
@@ -671,19 +671,15 @@ if __name__ == "__main__":
             check_env_id(env_id)
         datasets = []
         for env_id in video_env_ids:
-            d = args.video_dir.format(env_id=env_id)
-            if not os.path.isdir(d):
-                raise DataError(f"no expert videos at '{d}'. Make them with `python experts/procgen_expert.py "
-                                f"--env-id {env_id}` or download LAPO's dataset (README, 'Data')")
             cap = args.max_video_memory_gb * 2**30 / len(video_env_ids)
-            datasets.append(load_video_dataset(d, "train", args.num_video_transitions, cap))
+            datasets.append(load_video_dataset(args.video_dir.format(env_id=env_id), "train", args.num_video_transitions, cap))
         obs = torch.from_numpy(np.concatenate([d["obs"] for d in datasets]))  # [N, 64, 64, 3] uint8, kept on CPU
         done = np.concatenate([d["done"] for d in datasets])
         true_actions = torch.from_numpy(np.concatenate([d["ta"] for d in datasets])) if all("ta" in d for d in datasets) else None
         starts = torch.from_numpy(window_starts(done))  # windows (o_{t-1}, o_t, o_{t+1}) inside one episode
         need = max(args.ssl_batch_size, args.lam_batch_size, args.bc_batch_size)
         if len(starts) < need:
-            raise DataError(f"the videos in {args.video_dir} give only {len(starts)} usable 3-frame windows but a "
+            raise DataError(f"the videos of {', '.join(video_env_ids)} give only {len(starts)} usable 3-frame windows but a "
                             f"batch needs {need}; add videos or lower the batch sizes")
         video_return = datasets[video_env_ids.index(args.env_id)]["video_return"] if args.env_id in video_env_ids else None
         if args.offline_checkpoint and not os.path.isfile(args.offline_checkpoint):
@@ -693,6 +689,7 @@ if __name__ == "__main__":
     print(f"videos: {len(obs)} frames, {len(starts)} windows from {', '.join(video_env_ids)}; "
           f"demonstrator return {video_return}; true actions for diagnostics: {true_actions is not None}")
 
+    os.makedirs(f"runs/{run_name}", exist_ok=True)
     writer = SummaryWriter(f"runs/{run_name}")
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{k}|{v}|" for k, v in vars(args).items()])))
     if args.track:

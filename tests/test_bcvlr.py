@@ -299,7 +299,7 @@ def test_latent_action_model_discovers_actions_without_labels(procgen_data):
     idm, wm = IDM(a), WorldModel(4, 2, 128, base=4)
     before = bcvlr.probe_latent_actions(idm, enc, obs, starts, ta, "cpu", n=1000)
     opt = torch.optim.AdamW(list(idm.parameters()) + list(wm.parameters()), lr=1e-3)
-    for _ in range(300):
+    for _ in range(500):
         idx = starts[torch.randint(len(starts), (16,))]
         loss, _, _ = latent_dynamics_loss(idm, wm, encode_window(enc, bcvlr.windows_at(obs, idx, "cpu")))
         opt.zero_grad()
@@ -307,6 +307,7 @@ def test_latent_action_model_discovers_actions_without_labels(procgen_data):
         opt.step()
     after = bcvlr.probe_latent_actions(idm, enc, obs, starts, ta, "cpu", n=1000)
     chance = np.bincount(act.numpy(), minlength=5).max() / len(act)
+    print(f"probe accuracy: untrained {before:.3f}, trained {after:.3f}, chance {chance:.3f}")
     assert after > 2.5 * chance and after > before + 0.08, (before, after, chance)
 
 
