@@ -243,13 +243,13 @@ def _read_video(path):
     return {"obs": frames, "done": done}
 
 
-def load_video_dataset(video_dir, split="train", max_frames=0, max_bytes=0):
+def load_video_dataset(video_dir, split="train", max_frames=0, max_bytes=0, env_id=None):
     """Read the expert videos in `video_dir`. Returns a dict of numpy arrays: obs [N, 64, 64, 3] uint8, done [N] bool
     (True at the last frame of an episode or of a chunk), optional ta [N] (diagnostics only), and `video_return`
     (mean return of the complete episodes, when the data carries rewards) or None."""
     if not os.path.isdir(video_dir):
         raise DataError(f"no expert videos at '{video_dir}'. Make them with `python experts/procgen_expert.py --env-id "
-                        f"{os.path.basename(os.path.normpath(video_dir))}` or download LAPO's dataset (README, 'Data')")
+                        f"{env_id or os.path.basename(os.path.normpath(video_dir))}` or download LAPO's dataset (README, 'Data')")
     files = sorted(glob.glob(os.path.join(video_dir, split, "*.npz")), key=lambda p: _numeric_stem(p))
     if not files and split == "train":
         files = sorted(f for ext in VIDEO_EXTENSIONS for d in (video_dir, os.path.join(video_dir, "train"))
@@ -672,7 +672,8 @@ if __name__ == "__main__":
         datasets = []
         for env_id in video_env_ids:
             cap = args.max_video_memory_gb * 2**30 / len(video_env_ids)
-            datasets.append(load_video_dataset(args.video_dir.format(env_id=env_id), "train", args.num_video_transitions, cap))
+            datasets.append(load_video_dataset(args.video_dir.format(env_id=env_id), "train", args.num_video_transitions,
+                                               cap, env_id))
         obs = torch.from_numpy(np.concatenate([d["obs"] for d in datasets]))  # [N, 64, 64, 3] uint8, kept on CPU
         done = np.concatenate([d["done"] for d in datasets])
         true_actions = torch.from_numpy(np.concatenate([d["ta"] for d in datasets])) if all("ta" in d for d in datasets) else None
