@@ -353,7 +353,10 @@ def test_interrupt_writes_results(tmp_path, reacher_episodes):
     write_official(tmp_path / "expert_data" / "reacher_hard", reacher_episodes)
     env = dict(os.environ, MUJOCO_GL="egl", PYTHONWARNINGS="ignore", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, SCRIPT, "--env-id", "reacher_hard", "--total-timesteps", "100000", *TINY]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    # a shell without job control (CI: `bash .ci/run` in the background) starts children with SIGINT ignored, and
+    # Python then installs no KeyboardInterrupt handler: restore the default so that Ctrl-C is what it is for users
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in proc.stdout:  # wait for the first evaluation, then press Ctrl-C
         if line.startswith("eval global_step="):
             proc.send_signal(signal.SIGINT)
