@@ -859,12 +859,12 @@ if __name__ == "__main__":
             iteration += 1
             # (b) fine-tune p (L_ft) and train the decoder d on the agent's own transitions
             n = args.buffer_size if buffer_full else buffer_pos
+            idm.train(args.finetune_latent_actions)  # VQ EMA updates only when p is fine-tuned
             for _ in range(args.ft_updates if n >= 1 else 0):
                 idx = np.random.randint(n, size=min(args.ft_batch_size, n))
                 window = normalize(torch.from_numpy(buffer_obs[idx]).to(device).permute(0, 1, 4, 2, 3))
                 acts = torch.from_numpy(buffer_act[idx]).to(device)
                 feats = encode_window(encoder, window)
-                idm.train(args.finetune_latent_actions)
                 loss, ce, dyn = finetune_loss(idm, wm, decoder, feats, acts, args.ft_wm_coef)
                 idm_optimizer.zero_grad()
                 decoder_optimizer.zero_grad()
