@@ -20,7 +20,6 @@ import io
 import json
 import os
 import random
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -479,8 +478,12 @@ class IDM(nn.Module):
         self.vq = VectorQuantizerEMA(args.vq_num_codebooks, args.vq_num_latents, args.vq_dim, args.vq_num_codes,
                                      args.vq_commitment, args.vq_decay)
 
+    def latent_action(self, window_feats):
+        """pre-VQ la: [B, 3, C, H, W] -> [B, 3C, H, W] -> [B, la_dim] (what pi clones and d decodes)"""
+        return self.trunk(window_feats.flatten(1, 2))
+
     def forward(self, window_feats):
-        la = self.trunk(window_feats.flatten(1, 2))  # [B, 3, C, H, W] -> [B, 3C, H, W] -> [B, la_dim]
+        la = self.latent_action(window_feats)
         la_q, commit, perplexity, _ = self.vq(la)
         return la, la_q, commit, perplexity
 
@@ -570,7 +573,7 @@ def latent_dynamics_loss(idm, wm, feats):
 def bc_loss(policy, idm, window, feats):
     """Eq. L_bc (poster): ||pi(o_t) - sg z_t||^2 with z_t = p's pre-VQ latent action of the window."""
     with torch.no_grad():
-        target = idm.trunk(feats.flatten(1, 2))
+        target = idm.latent_action(feats)
     return F.mse_loss(policy(window[:, 1]), target)
 
 
@@ -591,7 +594,7 @@ def probe_latent_actions(idm, encoder, obs, starts, actions, device, n=4096, epo
         sel = starts[torch.randperm(len(starts))[:n]]
         was_training = idm.training
         idm.eval()
-        las = torch.cat([idm.trunk(encode_window(encoder, windows_at(obs, s, device)).flatten(1, 2)) for s in sel.split(256)])
+        las = torch.cat([idm.latent_action(encode_window(encoder, windows_at(obs, s, device))) for s in sel.split(256)])
         idm.train(was_training)
         las = (las - las.mean(0)) / (las.std(0) + 1e-6)  # standardised latent actions
         y = actions[sel + 1].to(device)  # a_t: the action taken at the middle frame o_t
@@ -787,9 +790,9 @@ if __name__ == "__main__":
 
     # ===== STAGE 3: LATENT BEHAVIOUR CLONING ON THE VIDEOS (poster L_bc) =====
     idm.eval()  # labels only: no VQ EMA updates
-    bc_optimizer = torch.optim.AdamW(policy.trunk.parameters(), lr=args.bc_lr)
     if stages_done < 3:
         t = time.time()
+        bc_optimizer = torch.optim.AdamW(policy.trunk.parameters(), lr=args.bc_lr)
         policy.encoder.load_state_dict(encoder.state_dict())  # pi's own frozen copy of f
         for step in (pbar := trange(args.bc_steps, desc="stage 3: latent behaviour cloning")):
             window = sample_windows(obs, starts, args.bc_batch_size, device)
@@ -880,7 +883,7 @@ if __name__ == "__main__":
             if true_actions is not None:  # diagnostic only: accuracy of d(p(window)) against the videos' true a_t
                 with torch.no_grad():
                     idx = starts[torch.randint(len(starts), (512,), generator=diag_generator)]
-                    pred = decoder(idm.trunk(encode_window(encoder, windows_at(obs, idx, device)).flatten(1, 2)))
+                    pred = decoder(idm.latent_action(encode_window(encoder, windows_at(obs, idx, device))))
                 acc = (pred.argmax(-1).cpu() == true_actions[idx + 1]).float().mean().item()
                 writer.add_scalar("diagnostics/decoded_action_accuracy", acc, global_step)
             # (c) re-clone pi onto the (fine-tuned) latent actions of the videos

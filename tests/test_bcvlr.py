@@ -314,9 +314,8 @@ def test_latent_action_model_discovers_actions_without_labels(procgen_data):
 def test_probe_reads_actions_that_are_there():
     """The diagnostic probe itself: an IDM whose latent action is the one-hot true action scores ~100%."""
     class OneHotIDM(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.trunk = lambda feats: nn.functional.one_hot(feats[:, 0, 0, 0].long(), 128).float()
+        def latent_action(self, window_feats):  # [B, 3, 1, 64, 64]: frame 0's first pixel is the stored action
+            return nn.functional.one_hot(window_feats[:, 0, 0, 0, 0].long(), 128).float()
 
     obs = torch.zeros(600, 64, 64, 3, dtype=torch.uint8)
     ta = torch.randint(15, (600,))
