@@ -3,7 +3,8 @@
 # - point_mass_easy, reacher_easy, reacher_hard: PD control of the mass / the fingertip toward the target
 #   (fingertip force mapped to joint torques with the Jacobian transpose).
 # - finger_spin, cup_catch: model-predictive control, random shooting over open-loop action sequences simulated
-#   from the current state with mujoco.rollout (the simulator is deterministic); cup: zero action once caught.
+#   from the current state with mujoco.rollout (the simulator is deterministic); cup: zero action once caught;
+#   finger: full-torque (bang-bang) candidates re-chosen every step, short horizon, flicks the spinner continuously.
 #   python experts/dmc_expert.py --env-id reacher_hard --num-transitions 100000
 import os
 import time
@@ -123,10 +124,11 @@ class ShootingMPC:
     """Random-shooting MPC on the true simulator (mujoco.rollout from the current state); plan reuse between steps."""
 
     def __init__(self, env_id, substeps, num_candidates=64, horizon=20, hold=4, seed=0, cap=20.0, weight=0.05, hold_when_caught=True,
-                 perturbed=0.0, noise=0.3):
+                 perturbed=0.0, noise=0.3, bang=False):
         self.env_id, self.K, self.H, self.hold, self.cap, self.weight = env_id, num_candidates, horizon, hold, cap, weight
         self.substeps = substeps  # physics steps per env step (control_timestep / timestep)
         self.hold_when_caught, self.perturbed, self.noise = hold_when_caught, perturbed, noise
+        self.bang = bang  # sample random plans from the corners of the action box (full torque) instead of uniformly
         self.rng, self.plan, self.data = np.random.default_rng(seed), None, None
 
     def score(self, physics, states, sensordata):
@@ -155,7 +157,10 @@ class ShootingMPC:
                 self.ball_offset = physics.named.data.xpos["ball", ["x", "z"]] - physics.named.data.qpos[["ball_x", "ball_z"]]
                 self.half_size = physics.named.model.site_size["target", [0, 2]] - physics.named.model.geom_size["ball", 0]
         nu, segs = model.nu, -(-self.H // self.hold)
-        plans = np.repeat(self.rng.uniform(-1, 1, (self.K, segs, nu)), self.hold, axis=1)[:, : self.H]
+        raw = self.rng.uniform(-1, 1, (self.K, segs, nu))
+        if self.bang:
+            raw = np.sign(raw)
+        plans = np.repeat(raw, self.hold, axis=1)[:, : self.H]
         if self.plan is not None:  # candidate 0: the previous best plan shifted by one step; candidate 1: zero action
             plans[0] = np.concatenate([self.plan[1:], self.plan[-1:]])
             plans[1] = 0.0
@@ -171,8 +176,10 @@ class ShootingMPC:
         return self.plan[0]
 
 
-# settings measured to work (experts/README.md); hold = agent steps each random action is held
-MPC_SETTINGS = dict(finger_spin=dict(num_candidates=128, horizon=10, hold=2, perturbed=0.5),
+# settings measured to work (experts/README.md); hold = agent steps each random action is held.
+# finger_spin: the spinner loses half its speed in about 0.3 s, so it needs a full-torque flick every few steps:
+# bang-bang plans changing every step, a short horizon (7 agent steps; longer ones scored worse) and many candidates.
+MPC_SETTINGS = dict(finger_spin=dict(num_candidates=256, horizon=7, hold=1, perturbed=0.5, noise=0.6, bang=True, cap=100.0),
                     cup_catch=dict(num_candidates=32, horizon=10, hold=3))
 CONTROLLERS = dict(point_mass_easy=PointMassPD, reacher_easy=ReacherPD, reacher_hard=ReacherPD)
 
