@@ -1,0 +1,347 @@
+#!/usr/bin/env bash
+# run_all.sh: every experiment of the BCV-LR reproduction in one command: expert videos -> runs -> tables/plots.
+#
+#   bash run_all.sh <scale> [task ...]        scale: cpu | full          bash run_all.sh --help   (all details)
+#
+# Expected time per run (one variant of one task and seed):
+#   full: not measured here (no GPU on the development machine); the paper's code runs its online stage in about
+#         1 GPU-hour (shared/spec/algorithm.md section 8); the offline stages' time is not reported. Metaworld 50k and
+#         DMC 100k frames were not timed either. 25 tasks x 3 seeds x 2 variants = 150 runs.
+#   cpu:  unmeasured (the lead fills this in after tuning the CPU_* flags below).
+set -u
+
+# ============================================================================================================
+# FLAGS (edit here). Learner flags are passed to bcvlr.py (Procgen) / bcvlr_continuous.py (DMC, Metaworld);
+# expert flags to experts/<suite>_expert.py. "full" = the learners' own defaults = the paper's sizes and budgets.
+# Each variable can also be overridden from the environment (e.g. CPU_PROCGEN_FLAGS="..." bash run_all.sh cpu).
+# ============================================================================================================
+# --- cpu scale (PROVISIONAL: the lead tunes these) ---
+CPU_PROCGEN_FLAGS="${CPU_PROCGEN_FLAGS---encoder-channels 8 --impala-scale 1 --wm-scale 8 --ssl-steps 1000 --ssl-batch-size 64 \
+--lam-steps 1500 --lam-batch-size 32 --bc-steps 1500 --bc-batch-size 32 --probe-every 500 --probe-windows 1024 \
+--num-envs 16 --total-timesteps 50000 --ft-updates 30 --ft-batch-size 128 --online-bc-updates 50 --eval-episodes 32}"
+CPU_CONT_FLAGS_DMC="${CPU_CONT_FLAGS_DMC---encoder-channels 16 --impala-scale 1 --wm-scale 8 --policy-hidden 256 --ssl-steps 300 \
+--ssl-batch-size 64 --lam-steps 1000 --lam-batch-size 64 --probe-every 500 --bc-steps 500 --bc-batch-size 64 \
+--total-timesteps 10000 --ft-updates 100 --ft-batch-size 128 --online-bc-updates 200 --online-bc-batch-size 64 \
+--eval-episodes 3}"
+CPU_CONT_FLAGS_MW="${CPU_CONT_FLAGS_MW---encoder-channels 16 --impala-scale 1 --wm-scale 8 --policy-hidden 256 --ssl-steps 300 \
+--ssl-batch-size 64 --lam-steps 1000 --lam-batch-size 64 --probe-every 500 --bc-steps 500 --bc-batch-size 64 \
+--total-timesteps 5000 --ft-updates 100 --ft-batch-size 128 --online-bc-updates 200 --online-bc-batch-size 64 \
+--eval-episodes 3}"
+CPU_EXPERT_PROCGEN="${CPU_EXPERT_PROCGEN---num-transitions 20000}"
+CPU_EXPERT_DMC="${CPU_EXPERT_DMC---num-transitions 10000}"
+CPU_EXPERT_MW="${CPU_EXPERT_MW---num-transitions 10000}"
+# --- full scale (paper budgets: Procgen 100k env steps, DMC 100k frames, Metaworld 50k steps) ---
+FULL_PROCGEN_FLAGS="${FULL_PROCGEN_FLAGS-}"
+FULL_CONT_FLAGS_DMC="${FULL_CONT_FLAGS_DMC-}"
+FULL_CONT_FLAGS_MW="${FULL_CONT_FLAGS_MW-}"
+FULL_EXPERT_PROCGEN="${FULL_EXPERT_PROCGEN-}"  # 50k frames by default; the paper used LAPO's PPO dataset (millions of frames) instead
+FULL_EXPERT_DMC="${FULL_EXPERT_DMC-}"      # 100k transitions, as the paper's DMC videos
+FULL_EXPERT_MW="${FULL_EXPERT_MW-}"       # 50k transitions
+# ============================================================================================================
+
+PROCGEN_GAMES="bigfish bossfight caveflyer chaser climber coinrun dodgeball fruitbot heist jumper leaper maze miner \
+ninja plunder starpilot"
+# DMC tasks experts/dmc_expert.py can record (add others here if you already have their videos and info.json)
+DMC_TASKS="point_mass_easy reacher_easy reacher_hard finger_spin cup_catch"
+FULL_TASKS="$PROCGEN_GAMES point_mass_easy reacher_easy reacher_hard finger_spin cup_catch \
+faucet-open-v3 reach-v3 drawer-open-v3 faucet-close-v3"
+CPU_TASKS="bigfish chaser point_mass_easy reacher_easy reach-v3 faucet-close-v3"
+VARIANTS="bcvlr no_finetune"
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+PYTHON="${PYTHON:-python}"
+
+usage() {
+    cat <<EOF
+usage: bash run_all.sh <scale> [task ...]
+       bash run_all.sh --help
+
+Runs the whole BCV-LR evaluation: expert videos, two variants x seeds per task, then tables and plots.
+
+  scale    cpu  : small networks and budgets (CPU_* variables at the top of this file; provisional)
+                  tasks: $CPU_TASKS
+           full : the paper's sizes and budgets (the learners' defaults; no extra flags)
+                  tasks: the 16 Procgen games; DMC point_mass_easy reacher_easy reacher_hard finger_spin
+                  cup_catch; Metaworld faucet-open-v3 reach-v3 drawer-open-v3 faucet-close-v3
+  task     optional subset. Suite: a Procgen game -> procgen (bcvlr.py); a name ending in -v3 -> metaworld
+           (bcvlr_continuous.py); one of [$DMC_TASKS] -> dmc (bcvlr_continuous.py).
+           Unknown names stop the script before anything runs.
+
+Environment variables:
+  WORKERS   parallel jobs (default 2 for cpu, 1 for full); each job gets OMP_NUM_THREADS = max(1, nproc / WORKERS)
+  SEEDS     seeds (default "1 2 3")
+  DATA_DIR  expert videos, one folder per task (default expert_data)
+  OUT       run folders (default runs_all/<scale>)
+  RESULTS   tables and plots (default results/<scale>)
+  PYTHON    python interpreter (default python)
+
+Steps:
+  1. Expert videos: for every task without \$DATA_DIR/<task>/info.json, run
+       python experts/<suite>_expert.py --env-id <task> --out-dir \$DATA_DIR/<task> <expert flags>
+     (up to WORKERS at once; log in \$OUT/experts/<task>/log.txt). If it fails, that task's runs are skipped and
+     reported as failed; the other tasks go on.
+  2. Runs: one job per (task, seed), WORKERS jobs at once. A job runs two variants one after the other:
+       bcvlr        the full method
+       no_finetune  same flags + --no-finetune-latent-actions --offline-checkpoint <bcvlr's runs/*/offline.pt>
+                    (both variants share one offline pre-training and differ only online)
+     Each variant runs in \$OUT/<suite>/<task>/<variant>/seed<k>/ (the learner's runs/ folder lands there) and
+     writes log.txt (stdout+stderr), cmd.txt (the command) and exit_code there.
+     Re-running is safe: a variant is skipped when it has a runs/*/results.json with "interrupted": false and
+     its exit_code is 0; a variant that failed (non-zero exit_code), was interrupted ("interrupted": true), or
+     never finished (no results.json) is run again from scratch in the same folder (old runs/* are kept).
+     no_finetune is skipped (file 'skipped' with the reason) when bcvlr did not finish.
+  3. Tables and plots: python scripts/aggregate.py \$OUT --scale <scale> --seeds <SEEDS> --tasks <tasks>
+       --data-dir \$DATA_DIR --out \$RESULTS  ->  \$RESULTS/README.md, <suite>.md, <task>.png
+
+Exit status: 0 when every expert and every run succeeded; 1 otherwise (after the tables are written); 2 for bad
+arguments.
+
+Expected time per run: full: not measured here (no GPU); the paper's code runs its online stage in about 1 GPU-hour
+(the offline stages are not timed in the paper). cpu: unmeasured.
+EOF
+}
+
+die() { echo "run_all.sh: error: $*" >&2; exit 2; }
+
+suite_of() {  # prints procgen | metaworld | dmc, or nothing for an unknown name
+    local t="$1"
+    if [[ " $PROCGEN_GAMES " == *" $t "* ]]; then echo procgen
+    elif [[ "$t" == *-v3 ]]; then echo metaworld
+    elif [[ " $DMC_TASKS " == *" $t "* ]]; then echo dmc
+    fi
+}
+
+flags_for() {  # <scale> <suite> <learner|expert>
+    local s="${1^^}" kind="$3" v
+    case "$2:$kind" in
+        procgen:learner) v="${s}_PROCGEN_FLAGS" ;;
+        dmc:learner) v="${s}_CONT_FLAGS_DMC" ;;
+        metaworld:learner) v="${s}_CONT_FLAGS_MW" ;;
+        procgen:expert) v="${s}_EXPERT_PROCGEN" ;;
+        dmc:expert) v="${s}_EXPERT_DMC" ;;
+        metaworld:expert) v="${s}_EXPERT_MW" ;;
+    esac
+    echo "${!v}"
+}
+
+# a complete (not interrupted) results.json of a variant folder, newest first; empty if none
+complete_results() {
+    local f best=""
+    for f in "$1"/runs/*/results.json; do
+        [ -f "$f" ] && grep -q '"interrupted": false' "$f" || continue
+        if [ -z "$best" ] || [ "$f" -nt "$best" ]; then best="$f"; fi
+    done
+    echo "$best"
+}
+
+# a variant is done when it has a complete results.json and did not exit with an error afterwards
+variant_done() {
+    [ -n "$(complete_results "$1")" ] || return 1
+    [ ! -f "$1/exit_code" ] || [ "$(cat "$1/exit_code")" = 0 ]
+}
+
+fmt_time() { printf '%dh%02dm%02ds' $(($1 / 3600)) $(($1 % 3600 / 60)) $(($1 % 60)); }
+
+# ---------------------------------------------------------------------------------------------------------------
+# internal: one expert-video job (called through xargs)
+# ---------------------------------------------------------------------------------------------------------------
+expert_job() {  # <scale> <task>
+    local scale="$1" task="$2" suite dir start rc
+    suite="$(suite_of "$task")"
+    dir="$OUT/experts/$task"
+    mkdir -p "$dir"
+    local flags=()
+    read -r -a flags <<< "$(flags_for "$scale" "$suite" expert)"
+    local cmd=("$PYTHON" "$REPO/experts/${suite}_expert.py" --env-id "$task" --out-dir "$DATA_DIR/$task" "${flags[@]}")
+    printf '%q ' "${cmd[@]}" > "$dir/cmd.txt"; echo >> "$dir/cmd.txt"
+    echo "[expert start] $task"
+    start=$SECONDS
+    (cd "$REPO" && "${cmd[@]}") > "$dir/log.txt" 2>&1
+    rc=$?
+    echo "$rc" > "$dir/exit_code"
+    if [ "$rc" -eq 0 ] && [ -f "$DATA_DIR/$task/info.json" ]; then
+        echo "[expert done ] $task: ok ($(fmt_time $((SECONDS - start))))"
+        return 0
+    fi
+    echo "[expert done ] $task: FAILED (exit $rc, $(fmt_time $((SECONDS - start)))); see $dir/log.txt"
+    return 1
+}
+
+# ---------------------------------------------------------------------------------------------------------------
+# internal: one (task, seed) job = the two variants, one after the other (called through xargs)
+# ---------------------------------------------------------------------------------------------------------------
+run_variant() {  # <dir> <learner cmd...>; prints the status word, returns the exit status
+    local dir="$1"; shift
+    mkdir -p "$dir"
+    rm -f "$dir/exit_code" "$dir/skipped"
+    printf 'cd %q && ' "$dir" > "$dir/cmd.txt"; printf '%q ' "$@" >> "$dir/cmd.txt"; echo >> "$dir/cmd.txt"
+    (cd "$dir" && "$@") > "$dir/log.txt" 2>&1
+    local rc=$?
+    echo "$rc" > "$dir/exit_code"
+    return "$rc"
+}
+
+run_job() {  # <scale> <task> <seed>
+    local scale="$1" task="$2" seed="$3" suite script start vstart rc status="" failed=0
+    suite="$(suite_of "$task")"
+    script="$REPO/bcvlr.py"; [ "$suite" != procgen ] && script="$REPO/bcvlr_continuous.py"
+    local flags=()
+    read -r -a flags <<< "$(flags_for "$scale" "$suite" learner)"
+    local base=("$PYTHON" "$script" --env-id "$task" --seed "$seed" --video-dir "$DATA_DIR/{env_id}" "${flags[@]}")
+    local dir_b="$OUT/$suite/$task/bcvlr/seed$seed" dir_n="$OUT/$suite/$task/no_finetune/seed$seed"
+    echo "[start] $suite/$task seed$seed"
+    start=$SECONDS
+
+    # variant 1: bcvlr
+    vstart=$SECONDS
+    if variant_done "$dir_b"; then
+        status="bcvlr: done before (skipped)"
+    elif run_variant "$dir_b" "${base[@]}"; then
+        if [ -n "$(complete_results "$dir_b")" ]; then
+            status="bcvlr: ok ($(fmt_time $((SECONDS - vstart))))"
+        else
+            status="bcvlr: FAILED (exit 0 but no complete results.json)"; failed=1
+        fi
+    else
+        rc=$(cat "$dir_b/exit_code")
+        status="bcvlr: FAILED (exit $rc, $(fmt_time $((SECONDS - vstart))); see $dir_b/log.txt)"; failed=1
+    fi
+
+    # variant 2: no_finetune, from bcvlr's offline pre-training
+    vstart=$SECONDS
+    local res ckpt
+    res=""
+    variant_done "$dir_b" && res="$(complete_results "$dir_b")"
+    ckpt="${res%/results.json}/offline.pt"
+    if variant_done "$dir_n"; then
+        status="$status; no_finetune: done before (skipped)"
+    elif [ -z "$res" ] || [ ! -f "$ckpt" ]; then
+        mkdir -p "$dir_n"
+        rm -f "$dir_n/exit_code"
+        if [ -z "$res" ]; then
+            echo "the bcvlr variant did not finish, so there is no offline pre-training to share" > "$dir_n/skipped"
+        else
+            echo "no offline.pt next to $res (was --no-save-model given?)" > "$dir_n/skipped"
+        fi
+        status="$status; no_finetune: SKIPPED ($(cat "$dir_n/skipped"))"; failed=1
+    elif run_variant "$dir_n" "${base[@]}" --no-finetune-latent-actions --offline-checkpoint "$ckpt"; then
+        if [ -n "$(complete_results "$dir_n")" ]; then
+            status="$status; no_finetune: ok ($(fmt_time $((SECONDS - vstart))))"
+        else
+            status="$status; no_finetune: FAILED (exit 0 but no complete results.json)"; failed=1
+        fi
+    else
+        rc=$(cat "$dir_n/exit_code")
+        status="$status; no_finetune: FAILED (exit $rc; see $dir_n/log.txt)"; failed=1
+    fi
+    echo "[end  ] $suite/$task seed$seed: $status; total $(fmt_time $((SECONDS - start)))"
+    return "$failed"
+}
+
+skip_task_runs() {  # <task> <reason>: mark every unfinished variant of a task as skipped
+    local task="$1" reason="$2" suite seed v dir
+    suite="$(suite_of "$task")"
+    for seed in $SEEDS; do
+        for v in $VARIANTS; do
+            dir="$OUT/$suite/$task/$v/seed$seed"
+            if ! variant_done "$dir"; then
+                mkdir -p "$dir"
+                rm -f "$dir/exit_code"
+                echo "$reason" > "$dir/skipped"
+            fi
+        done
+    done
+}
+
+# ---------------------------------------------------------------------------------------------------------------
+# internal entry points for xargs (same script, same environment)
+# ---------------------------------------------------------------------------------------------------------------
+if [ "${1:-}" = "__expert" ]; then expert_job "$2" "$3"; exit $?; fi
+if [ "${1:-}" = "__job" ]; then run_job "$2" "$3" "$4"; exit $?; fi
+
+# ---------------------------------------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------------------------------------
+case "${1:-}" in
+    -h|--help) usage; exit 0 ;;
+    cpu|full) SCALE="$1"; shift ;;
+    "") usage >&2; die "missing <scale> (cpu or full)" ;;
+    *) die "unknown scale '$1' (use cpu or full; --help for details)" ;;
+esac
+
+if [ "$#" -gt 0 ]; then TASKS=("$@"); else
+    if [ "$SCALE" = cpu ]; then read -r -a TASKS <<< "$CPU_TASKS"; else read -r -a TASKS <<< "$FULL_TASKS"; fi
+fi
+bad=()
+for t in "${TASKS[@]}"; do [ -z "$(suite_of "$t")" ] && bad+=("$t"); done
+if [ "${#bad[@]}" -gt 0 ]; then
+    die "unknown task(s): ${bad[*]}. Known: Procgen: $PROCGEN_GAMES; DMC: $DMC_TASKS; Metaworld: any <name>-v3 id"
+fi
+mw=()
+for t in "${TASKS[@]}"; do [ "$(suite_of "$t")" = metaworld ] && mw+=("$t"); done
+if [ "${#mw[@]}" -gt 0 ]; then  # Metaworld ids: checked against the installed Metaworld
+    msg="$("$PYTHON" - "${mw[@]}" 2>&1 <<'EOF'
+import sys
+import metaworld
+bad = [t for t in sys.argv[1:] if t not in metaworld.env_dict.ALL_V3_ENVIRONMENTS]
+if bad:
+    sys.exit("not Metaworld v3 tasks: " + " ".join(bad))
+EOF
+)" || die "unknown task(s): ${msg##*$'\n'}"
+fi
+
+if [ "$SCALE" = cpu ]; then WORKERS="${WORKERS:-2}"; else WORKERS="${WORKERS:-1}"; fi
+[[ "$WORKERS" =~ ^[1-9][0-9]*$ ]] || die "WORKERS must be a positive integer (got '$WORKERS')"
+SEEDS="${SEEDS:-1 2 3}"
+for s in $SEEDS; do [[ "$s" =~ ^[0-9]+$ ]] || die "SEEDS must be integers (got '$SEEDS')"; done
+[ -n "${SEEDS// /}" ] || die "SEEDS is empty"
+DATA_DIR="$(realpath -m "${DATA_DIR:-expert_data}")"
+OUT="$(realpath -m "${OUT:-runs_all/$SCALE}")"
+RESULTS="$(realpath -m "${RESULTS:-results/$SCALE}")"
+threads=$(( $(nproc) / WORKERS )); [ "$threads" -lt 1 ] && threads=1
+export OMP_NUM_THREADS="$threads" MKL_NUM_THREADS="$threads"
+export DATA_DIR OUT SEEDS PYTHON
+trap 'echo "run_all.sh: interrupted; re-run the same command to continue (finished runs are kept)" >&2; exit 130' INT TERM
+
+echo "run_all.sh $SCALE: ${#TASKS[@]} task(s): ${TASKS[*]}"
+echo "  seeds: $SEEDS; workers: $WORKERS (OMP_NUM_THREADS=$threads); videos: $DATA_DIR; runs: $OUT; results: $RESULTS"
+mkdir -p "$OUT"
+any_failed=0
+
+# ---- step 1: expert videos ----
+need=()
+for t in "${TASKS[@]}"; do [ -f "$DATA_DIR/$t/info.json" ] || need+=("$t"); done
+if [ "${#need[@]}" -gt 0 ]; then
+    echo "== step 1: expert videos for ${#need[@]} task(s): ${need[*]}"
+    printf '%s\n' "${need[@]}" | xargs -P "$WORKERS" -I{} bash "$REPO/run_all.sh" __expert "$SCALE" {}
+    for t in "${need[@]}"; do
+        if [ ! -f "$DATA_DIR/$t/info.json" ]; then
+            any_failed=1
+            skip_task_runs "$t" "expert videos failed: see $OUT/experts/$t/log.txt"
+        fi
+    done
+else
+    echo "== step 1: expert videos: all present in $DATA_DIR"
+fi
+
+# ---- step 2: runs ----
+jobs=()
+for t in "${TASKS[@]}"; do
+    [ -f "$DATA_DIR/$t/info.json" ] || continue
+    for s in $SEEDS; do jobs+=("$t $s"); done
+done
+echo "== step 2: ${#jobs[@]} job(s) (task x seed), variants: $VARIANTS"
+if [ "${#jobs[@]}" -gt 0 ]; then
+    printf '%s\n' "${jobs[@]}" | xargs -P "$WORKERS" -L 1 bash "$REPO/run_all.sh" __job "$SCALE" || any_failed=1
+fi
+
+# ---- step 3: tables and plots ----
+echo "== step 3: tables and plots"
+"$PYTHON" "$REPO/scripts/aggregate.py" "$OUT" --scale "$SCALE" --seeds $SEEDS --tasks "${TASKS[@]}" \
+    --data-dir "$DATA_DIR" --out "$RESULTS" || any_failed=1
+echo "tables and plots: $RESULTS/README.md"
+if [ "$any_failed" -ne 0 ]; then
+    echo "run_all.sh: some experts or runs failed (see the tables' footnotes and the log.txt files)" >&2
+    exit 1
+fi
+echo "run_all.sh: all runs succeeded"

@@ -1,0 +1,307 @@
+"""Tests of scripts/aggregate.py and run_all.sh on fake run folders (no training; a few seconds)."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import aggregate  # noqa: E402
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def write_run(seed_dir, env_id, seed, value, suite, exit_code=0, interrupted=False, curve=None, results=True):
+    """One variant of one seed, in run_all.sh's layout: seed_dir/{cmd.txt, log.txt, exit_code, runs/<run>/...}."""
+    run_dir = os.path.join(seed_dir, "runs", f"{env_id}__bcvlr__{seed}__1700000000")
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(seed_dir, "cmd.txt"), "w") as f:
+        f.write(f"cd {seed_dir} && python {ROOT}/bcvlr.py --env-id {env_id} --seed {seed}\n")
+    with open(os.path.join(seed_dir, "log.txt"), "w") as f:
+        f.write("Traceback (most recent call last):\nRuntimeError: boom\n" if exit_code else "ok\n")
+    if exit_code is not None:
+        with open(os.path.join(seed_dir, "exit_code"), "w") as f:
+            f.write(f"{exit_code}\n")
+    if not results:
+        return
+    budget = 50_000 if suite != "dmc" else 100_000
+    res = {"env_id": env_id, "seed": seed, "episodic_return_mean": value if suite != "metaworld" else 1000.0 * value,
+           "episodic_return_std": 1.0, "eval_episodes": 8, "video_return": None, "video_normalized_score": None,
+           "env_steps": budget, "wall_clock_s": {"ssl": 10.0, "lam": 20.0, "bc": 5.0, "online": 100.0, "eval": 3.0},
+           "interrupted": interrupted, "args": {"total_timesteps": budget, "env_id": env_id, "seed": seed}}
+    if suite == "metaworld":
+        res["success_rate"] = value
+    with open(os.path.join(run_dir, "results.json"), "w") as f:
+        json.dump(res, f, indent=2)
+    if curve is not None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        w = SummaryWriter(run_dir)
+        for step, y in curve:
+            if suite == "procgen":
+                w.add_scalar("charts/episodic_return", y, step)
+            else:
+                w.add_scalar("eval/episodic_return", y if suite == "dmc" else 1000 * y, step)
+                if suite == "metaworld":
+                    w.add_scalar("eval/success_rate", y, step)
+        w.close()
+
+
+def write_info(data_dir, env_id, **fields):
+    os.makedirs(os.path.join(data_dir, env_id), exist_ok=True)
+    with open(os.path.join(data_dir, env_id, "info.json"), "w") as f:
+        json.dump({"env_id": env_id, **fields}, f)
+
+
+BIGFISH = {"bcvlr": [30.0, 34.5, 36.0], "no_finetune": [20.0, 22.0, 27.5]}
+REACH = [0.6, 0.9, 0.3]
+REACHER = [900.0, 850.0]
+
+
+@pytest.fixture(scope="module")
+def fake(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("agg")
+    runs, data, out = str(tmp / "runs_all" / "cpu"), str(tmp / "expert_data"), str(tmp / "results" / "cpu")
+    for v, values in BIGFISH.items():  # 3 ok seeds, both variants
+        for seed, value in enumerate(values, 1):
+            curve = [(s, value * s / 50_000) for s in range(1000, 50_001, 1000)]
+            write_run(os.path.join(runs, "procgen", "bigfish", v, f"seed{seed}"), "bigfish", seed, value, "procgen",
+                      curve=curve)
+    chaser = os.path.join(runs, "procgen", "chaser")
+    write_run(os.path.join(chaser, "bcvlr", "seed1"), "chaser", 1, 3.0, "procgen", curve=[(800, 1.0), (40_000, 2.0)])
+    # seed 2: missing (no folder); seed 3: failed (exit 1, log without results.json)
+    write_run(os.path.join(chaser, "bcvlr", "seed3"), "chaser", 3, None, "procgen", exit_code=1, results=False)
+    write_run(os.path.join(chaser, "no_finetune", "seed1"), "chaser", 1, 1.5, "procgen")
+    write_run(os.path.join(chaser, "no_finetune", "seed2"), "chaser", 2, 0.7, "procgen", interrupted=True)
+    os.makedirs(os.path.join(chaser, "no_finetune", "seed3"))
+    with open(os.path.join(chaser, "no_finetune", "seed3", "skipped"), "w") as f:
+        f.write("the bcvlr variant did not finish, so there is no offline pre-training to share\n")
+    for v in ("bcvlr", "no_finetune"):
+        for seed, value in enumerate(REACH, 1):
+            write_run(os.path.join(runs, "metaworld", "reach-v3", v, f"seed{seed}"), "reach-v3", seed,
+                      value if v == "bcvlr" else value / 2, "metaworld", curve=[(1000, 0.0), (5000, value)])
+        for seed, value in enumerate(REACHER, 1):
+            write_run(os.path.join(runs, "dmc", "reacher_hard", v, f"seed{seed}"), "reacher_hard", seed, value, "dmc",
+                      curve=[(2000, 10.0), (100_000, value)])
+    write_info(data, "bigfish", suite="procgen", random_return_mean=0.5, ep_return_mean=35.0)
+    write_info(data, "chaser", suite="procgen", random_return_mean=0.6, ep_return_mean=8.0)
+    write_info(data, "reach-v3", suite="metaworld", random_return_mean=850.0, random_success_rate=0.0,
+               success_rate=0.95, ep_return_mean=4800.0)
+    write_info(data, "reacher_hard", suite="dmc", random_return_mean=8.3, ep_return_mean=953.15)
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "aggregate.py"), runs, "--scale", "cpu", "--seeds", "1", "2", "3",
+         "--tasks", "bigfish", "chaser", "reach-v3", "reacher_hard", "--data-dir", data, "--out", out],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return dict(runs=runs, data=data, out=out)
+
+
+def read(out, name):
+    with open(os.path.join(out, name)) as f:
+        return f.read()
+
+
+def row(md, task):
+    rows = [line for line in md.splitlines() if line.startswith(f"| {task} |")]
+    assert len(rows) == 1, md
+    return [c.strip() for c in rows[0].strip("|").split("|")]
+
+
+def pm(values, decimals):
+    return f"{np.mean(values):.{decimals}f} ± {np.std(values):.{decimals}f}"
+
+
+def test_procgen_means_and_paper_columns(fake):
+    md = read(fake["out"], "procgen.md")
+    cells = row(md, "bigfish")
+    assert cells[1] == f"{pm(BIGFISH['bcvlr'], 2)} (n=3/3)"
+    assert cells[2] == f"{pm(BIGFISH['no_finetune'], 2)} (n=3/3)"
+    assert cells[3] == "0.50" and cells[4] == "35.00"  # uniform random, demonstrator from info.json
+    assert cells[5] == f"{np.mean(BIGFISH['bcvlr']) / 35.0:.2f}"
+    assert cells[6] == "35.9 ± 2.0" and cells[7] == "36.3"  # the poster's BCV-LR and expert-video columns
+    assert "paper BCV-LR" in md and "paper expert videos" in md
+
+
+def test_failed_missing_interrupted_listed_by_seed(fake):
+    md = read(fake["out"], "procgen.md")
+    cells = row(md, "chaser")
+    assert cells[1].startswith("3.00 ± 0.00 (n=1/3)") and "[note" in cells[1]
+    assert cells[2].startswith("1.50 ± 0.00 (n=1/3)") and "[note" in cells[2]
+    assert cells[6] == "3.1 ± 0.5" and cells[7] == "10.0"
+    notes = md.split("## Notes")[1]
+    assert "seed 2: missing" in notes
+    assert "seed 3: failed (exit 1)" in notes
+    assert "seed 2: interrupted" in notes
+    assert "seed 3: skipped (the bcvlr variant did not finish" in notes
+    assert "| **mean of these 2 tasks** |" in md
+
+
+def test_metaworld_success_rate(fake):
+    md = read(fake["out"], "metaworld.md")
+    assert "success rate" in md.splitlines()[0]
+    cells = row(md, "reach-v3")
+    assert cells[1] == f"{pm(REACH, 2)} (n=3/3)"
+    assert cells[2] == f"{pm([v / 2 for v in REACH], 2)} (n=3/3)"
+    assert cells[3] == "0.00" and cells[4] == "0.95"  # random / demonstrator success rates
+    assert cells[5] == f"{np.mean(REACH) / 0.95:.2f}"
+    assert cells[6] == "0.63 ± 0.25" and cells[7] == "1.00"
+
+
+def test_dmc_paper_expert_only(fake):
+    md = read(fake["out"], "dmc.md")
+    cells = row(md, "reacher_hard")
+    assert cells[1].startswith(f"{pm(REACHER, 1)} (n=2/3)") and "[note" in cells[1]
+    assert cells[6] == "—" and cells[7] == "967.0"
+    assert "seed 3: missing" in md.split("## Notes")[1]
+
+
+def test_plots_and_summary(fake):
+    for task in ("bigfish", "chaser", "reach-v3", "reacher_hard"):
+        path = os.path.join(fake["out"], f"{task}.png")
+        with open(path, "rb") as f:
+            assert f.read(8) == PNG_SIGNATURE
+        import matplotlib.image
+
+        assert matplotlib.image.imread(path).ndim == 3
+    summary = read(fake["out"], "README.md")
+    for link in ("(procgen.md)", "(dmc.md)", "(metaworld.md)", "(bigfish.png)", "(reach-v3.png)"):
+        assert link in summary
+    assert "Seeds: 1, 2, 3" in summary
+    assert "| procgen | bigfish | bcvlr | 1 | ok | 10 | 20 | 5 | 100 | 3 | 138 | 50000 |" in summary
+    assert "| procgen | chaser | bcvlr | 3 | failed (exit 1) |" in summary
+    assert ROOT + "/" not in summary and fake["runs"] not in summary  # commands: relative paths, $OUT
+    assert "cd $OUT/procgen/bigfish/bcvlr/seed1 && python bcvlr.py --env-id bigfish --seed 1" in summary
+
+
+def test_curve_binning(fake):
+    run_dir = os.path.dirname(next(
+        os.path.join(d, f) for d, _, fs in os.walk(os.path.join(fake["runs"], "procgen", "chaser", "bcvlr", "seed1"))
+        for f in fs if f == "results.json"))
+    x, y = aggregate.seed_curve("procgen", run_dir, 50_000)
+    assert list(x) == [2500.0, 42500.0] and list(y) == [1.0, 2.0]  # bins of 5% of the budget, x = bin end
+
+
+def test_output_is_deterministic(fake, tmp_path):
+    args = [fake["runs"], "--scale", "cpu", "--seeds", "1", "2", "3", "--data-dir", fake["data"], "--no-plots"]
+    aggregate.main(args + ["--out", str(tmp_path / "a"), "--tasks", "chaser", "bigfish", "reach-v3", "reacher_hard"])
+    for name in ("procgen.md", "dmc.md", "metaworld.md", "README.md"):
+        assert read(str(tmp_path / "a"), name) == read(fake["out"], name)
+
+
+def test_missing_runs_folder(tmp_path):
+    with pytest.raises(SystemExit, match="does not exist"):
+        aggregate.main([str(tmp_path / "nope")])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# run_all.sh
+# ---------------------------------------------------------------------------------------------------------------
+def run_all(*args, env=None, cwd=None):
+    return subprocess.run(["bash", os.path.join(ROOT, "run_all.sh"), *args], capture_output=True, text=True,
+                          timeout=120, env=env, cwd=cwd)
+
+
+def test_run_all_help():
+    r = run_all("--help")
+    assert r.returncode == 0
+    for word in ("usage: bash run_all.sh <scale>", "WORKERS", "SEEDS", "DATA_DIR", "OUT", "no_finetune", "exit_code"):
+        assert word in r.stdout
+
+
+def test_run_all_unknown_task(tmp_path):
+    r = run_all("cpu", "bigfish", "not_a_task", env=dict(os.environ, OUT=str(tmp_path / "out")), cwd=tmp_path)
+    assert r.returncode != 0
+    assert "unknown task(s): not_a_task" in r.stderr
+    assert not (tmp_path / "out").exists()  # nothing ran
+    assert run_all("gpu").returncode != 0
+
+
+FAKE_LEARNER = r'''
+import json, os, sys
+argv = sys.argv[1:]
+def val(flag):
+    return argv[argv.index(flag) + 1] if flag in argv else None
+env_id, seed = val("--env-id"), int(val("--seed"))
+with open(os.environ["FAKE_LOG"], "a") as f:
+    f.write(json.dumps({"cwd": os.getcwd(), "argv": argv}) + "\n")
+if f"{env_id}:{seed}" in os.environ.get("FAKE_FAIL", "").split():
+    sys.exit("error: fake failure")
+run = f"runs/{env_id}__fake__{seed}__{len(os.listdir('runs')) if os.path.isdir('runs') else 0}"
+os.makedirs(run)
+if val("--offline-checkpoint") is None:
+    open(f"{run}/offline.pt", "w").close()
+with open(f"{run}/results.json", "w") as f:
+    json.dump({"env_id": env_id, "seed": seed, "episodic_return_mean": 1.0 + seed, "episodic_return_std": 0.0,
+               "env_steps": 100, "wall_clock_s": {"ssl": 1.0}, "interrupted": False,
+               "args": {"total_timesteps": 100}}, f, indent=2)
+'''
+FAKE_EXPERT = r'''
+import json, os, sys
+argv = sys.argv[1:]
+env_id, out_dir = argv[argv.index("--env-id") + 1], argv[argv.index("--out-dir") + 1]
+if env_id in os.environ.get("FAKE_EXPERT_FAIL", "").split():
+    sys.exit("error: fake expert failure")
+os.makedirs(out_dir, exist_ok=True)
+with open(os.path.join(out_dir, "info.json"), "w") as f:
+    json.dump({"env_id": env_id, "random_return_mean": 0.1, "ep_return_mean": 9.0}, f)
+'''
+FAKE_PYTHON = '''#!/usr/bin/env bash
+case "$1" in
+    */bcvlr.py|*/bcvlr_continuous.py) shift; exec "{py}" "{learner}" "$@" ;;
+    */experts/*_expert.py) shift; exec "{py}" "{expert}" "$@" ;;
+    *) exec "{py}" "$@" ;;
+esac
+'''
+
+
+def test_run_all_pipeline_with_fake_learner(tmp_path):
+    """run_all.sh end to end with a stand-in learner: folders, shared offline.pt, failure, skip and re-run."""
+    (tmp_path / "fake_learner.py").write_text(FAKE_LEARNER)
+    (tmp_path / "fake_expert.py").write_text(FAKE_EXPERT)
+    fake_python = tmp_path / "python"
+    fake_python.write_text(FAKE_PYTHON.format(py=sys.executable, learner=tmp_path / "fake_learner.py",
+                                              expert=tmp_path / "fake_expert.py"))
+    fake_python.chmod(0o755)
+    data = tmp_path / "data"
+    write_info(str(data), "bigfish", random_return_mean=0.5, ep_return_mean=30.0)
+    write_info(str(data), "reacher_easy", random_return_mean=5.0, ep_return_mean=900.0)
+    log = tmp_path / "calls.jsonl"
+    env = dict(os.environ, PYTHON=str(fake_python), DATA_DIR=str(data), OUT=str(tmp_path / "out"), SEEDS="1 2",
+               RESULTS=str(tmp_path / "res"), FAKE_LOG=str(log), FAKE_FAIL="bigfish:2", FAKE_EXPERT_FAIL="chaser",
+               WORKERS="2")
+    r = run_all("cpu", "bigfish", "reacher_easy", "chaser", env=env, cwd=tmp_path)
+    assert r.returncode == 1, r.stdout + r.stderr  # bigfish seed 2 failed, chaser's expert failed
+    assert "[expert done ] chaser: FAILED (exit 1" in r.stdout
+    assert (tmp_path / "out" / "experts" / "chaser" / "log.txt").read_text().strip() == "error: fake expert failure"
+    assert "[end  ] procgen/bigfish seed2: bcvlr: FAILED (exit 1" in r.stdout
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(calls) == 7  # 2 tasks x 2 seeds x 2 variants, minus the no_finetune of the failed bcvlr
+    seed_dir = tmp_path / "out" / "procgen" / "bigfish" / "bcvlr" / "seed1"
+    assert (seed_dir / "exit_code").read_text().strip() == "0"
+    assert "--video-dir" in (seed_dir / "cmd.txt").read_text()
+    nf = [c for c in calls if "--no-finetune-latent-actions" in c["argv"] and c["cwd"].endswith("bigfish/no_finetune/seed1")]
+    assert len(nf) == 1
+    ckpt = nf[0]["argv"][nf[0]["argv"].index("--offline-checkpoint") + 1]
+    assert ckpt.startswith(str(seed_dir / "runs")) and ckpt.endswith("offline.pt")
+    assert nf[0]["argv"][nf[0]["argv"].index("--video-dir") + 1] == f"{data}/{{env_id}}"
+    failed = tmp_path / "out" / "procgen" / "bigfish" / "bcvlr" / "seed2"
+    assert (failed / "exit_code").read_text().strip() == "1"
+    assert (tmp_path / "out" / "procgen" / "bigfish" / "no_finetune" / "seed2" / "skipped").exists()
+    md = (tmp_path / "res" / "procgen.md").read_text()
+    assert "seed 2: failed (exit 1)" in md and "seed 2: skipped" in md
+    assert "seed 1: skipped (expert videos failed" in md  # chaser
+    assert (tmp_path / "res" / "dmc.md").exists()
+
+    # second invocation: the expert of chaser, chaser's runs, and bigfish seed 2 (both variants) run; nothing else
+    env["FAKE_FAIL"], env["FAKE_EXPERT_FAIL"] = "", ""
+    r = run_all("cpu", "bigfish", "reacher_easy", "chaser", env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    calls = [json.loads(line) for line in log.read_text().splitlines()][7:]
+    assert sorted(c["cwd"].split("/out/")[1] for c in calls) == [
+        "procgen/bigfish/bcvlr/seed2", "procgen/bigfish/no_finetune/seed2", "procgen/chaser/bcvlr/seed1",
+        "procgen/chaser/bcvlr/seed2", "procgen/chaser/no_finetune/seed1", "procgen/chaser/no_finetune/seed2"]
+    md = (tmp_path / "res" / "procgen.md").read_text()
+    assert md.count("(n=2/2)") == 4 and "## Notes" not in md
