@@ -113,6 +113,8 @@ class Args:
     """U-Net world model base width"""
     vq_commitment: float = 0.05
     """weight of the VQ commitment loss"""
+    vq_decay: float = 0.999
+    """EMA decay of the VQ codebooks (time constant 1/(1-decay) steps; 0.99 suits runs of a few hundred steps)"""
     probe_every: int = 5000
     """stage 2 steps between latent-action probes (diagnostic on expert actions, if the videos have `ta`)"""
 
@@ -618,7 +620,7 @@ class VectorQuantizerEMA(nn.Module):
 class IDM(nn.Module):
     """p: (f(o_t), f(o_{t+1})) -> IMPALA trunk -> la in R^128 (pre-VQ) -> VQ -> la_q."""
 
-    def __init__(self, feat_shape, scale=4, la_dim=128):
+    def __init__(self, feat_shape, scale=4, la_dim=128, vq_decay=0.999):
         super().__init__()
         c, h, w = feat_shape
         chans, layers, in_ch = [16 * scale, 32 * scale, 32 * scale], [], 2 * c
@@ -627,7 +629,7 @@ class IDM(nn.Module):
             in_ch, h, w = ch, (h + 1) // 2, (w + 1) // 2  # 32 -> 16 -> 8 -> 4
         head = [nn.Flatten(), nn.ReLU(), nn.Linear(in_ch * h * w, 256), nn.ReLU(), nn.Linear(256, la_dim)]  # 2048 -> 128
         self.trunk = nn.Sequential(*layers, *head)
-        self.vq = VectorQuantizerEMA()
+        self.vq = VectorQuantizerEMA(decay=vq_decay)
 
     def forward(self, feat_t, feat_tp1):
         la = self.trunk(torch.cat([feat_t, feat_tp1], dim=1))  # [B, 2C, 32, 32] -> [B, 128]
@@ -838,7 +840,7 @@ def evaluate(env, pi, d, device, episodes, video_path=None):
 def build_networks(args, act_dim, device):
     f = Encoder(9, args.encoder_channels).to(device)
     feat_shape = tuple(f(torch.zeros(1, 9, 64, 64, device=device)).shape[1:])  # (C, 32, 32)
-    p = IDM(feat_shape, args.impala_scale).to(device)
+    p = IDM(feat_shape, args.impala_scale, vq_decay=args.vq_decay).to(device)
     w = WorldModel(feat_shape, scale=args.wm_scale).to(device)
     return f, feat_shape, p, w, make_decoder(act_dim).to(device)
 

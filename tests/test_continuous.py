@@ -134,6 +134,21 @@ def test_vq_straight_through_commitment_and_ema():
     assert torch.equal(frozen, vq.codebook)  # no EMA update in eval mode
 
 
+def test_vq_decay_flag_reaches_the_codebook_ema():
+    # --vq-decay sets the EMA rate of p's codebooks (0.99 for short CPU runs): a code that no vector picked keeps
+    # `decay` x its running sum after one update
+    import tyro
+
+    args = tyro.cli(bc.Args, args=["--vq-decay", "0.9"])
+    p = bc.IDM((32, 32, 32), scale=1, vq_decay=args.vq_decay)
+    assert p.vq.decay == 0.9
+    torch.manual_seed(0)
+    before = p.vq.ema_sum.clone()
+    p.vq(torch.randn(2, 128))  # 2 x 4 vectors per codebook: most of the 64 codes are not picked
+    ratio = (p.vq.ema_sum / before).flatten(1, 2)  # [N, K*D]
+    assert torch.isclose(ratio, torch.tensor(0.9)).float().mean() > 0.8
+
+
 def test_idm_and_unet_shapes():
     feat = torch.randn(4, 32, 32, 32)
     p = bc.IDM((32, 32, 32), scale=1)
