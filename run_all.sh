@@ -15,19 +15,25 @@ set -u
 # expert flags to experts/<suite>_expert.py. "full" = the learners' own defaults = the paper's sizes and budgets.
 # Each variable can also be overridden from the environment (e.g. CPU_PROCGEN_FLAGS="..." bash run_all.sh cpu).
 # ============================================================================================================
-# --- cpu scale (PROVISIONAL: the lead tunes these) ---
-CPU_PROCGEN_FLAGS="${CPU_PROCGEN_FLAGS---encoder-channels 8 --impala-scale 1 --wm-scale 8 --ssl-steps 1000 --ssl-batch-size 64 \
---lam-steps 1500 --lam-batch-size 32 --bc-steps 1500 --bc-batch-size 32 --probe-every 500 --probe-windows 1024 \
---num-envs 16 --total-timesteps 50000 --ft-updates 30 --ft-batch-size 128 --online-bc-updates 50 --eval-episodes 32}"
+# --- cpu scale: small networks, short stages and reduced online budgets, sized so that one run (both variants)
+# takes about 20 minutes on one core of a 2-core CPU. Short stages need a faster VQ codebook EMA (--vq-decay 0.99: time
+# constant 100 steps; the paper's 0.999 barely moves the codes in a few hundred steps) and a larger online learning
+# rate of p (Procgen --ft-idm-lr 3e-4, the stage-2 rate, instead of 2e-5: 20 fine-tuning updates per iteration).
+# Procgen: games whose camera follows the agent (coinrun, jumper), so that an action moves most pixels; in bigfish or
+# chaser about 1.5% of the pixels change per step and the latent actions stay uninformative at this budget.
+CPU_PROCGEN_FLAGS="${CPU_PROCGEN_FLAGS---encoder-channels 8 --impala-scale 1 --wm-scale 8 --ssl-steps 500 --ssl-batch-size 64 \
+--lam-steps 600 --lam-batch-size 32 --vq-decay 0.99 --bc-steps 600 --bc-batch-size 32 --probe-every 300 --probe-windows 1024 \
+--num-envs 32 --total-timesteps 40000 --ft-updates 20 --ft-batch-size 64 --ft-idm-lr 3e-4 --online-bc-updates 50 \
+--eval-episodes 32}"
 CPU_CONT_FLAGS_DMC="${CPU_CONT_FLAGS_DMC---encoder-channels 16 --impala-scale 1 --wm-scale 8 --policy-hidden 256 --ssl-steps 300 \
---ssl-batch-size 64 --lam-steps 1000 --lam-batch-size 64 --probe-every 500 --bc-steps 500 --bc-batch-size 64 \
+--ssl-batch-size 64 --lam-steps 600 --lam-batch-size 64 --vq-decay 0.99 --probe-every 300 --bc-steps 500 --bc-batch-size 64 \
 --total-timesteps 10000 --ft-updates 100 --ft-batch-size 128 --online-bc-updates 200 --online-bc-batch-size 64 \
---eval-episodes 3}"
+--eval-episodes 3 --num-threads 1 --no-cuda}"
 CPU_CONT_FLAGS_MW="${CPU_CONT_FLAGS_MW---encoder-channels 16 --impala-scale 1 --wm-scale 8 --policy-hidden 256 --ssl-steps 300 \
---ssl-batch-size 64 --lam-steps 1000 --lam-batch-size 64 --probe-every 500 --bc-steps 500 --bc-batch-size 64 \
+--ssl-batch-size 64 --lam-steps 600 --lam-batch-size 64 --vq-decay 0.99 --probe-every 300 --bc-steps 500 --bc-batch-size 64 \
 --total-timesteps 5000 --ft-updates 100 --ft-batch-size 128 --online-bc-updates 200 --online-bc-batch-size 64 \
---eval-episodes 3}"
-CPU_EXPERT_PROCGEN="${CPU_EXPERT_PROCGEN---num-transitions 20000}"
+--eval-episodes 3 --num-threads 1 --no-cuda}"
+CPU_EXPERT_PROCGEN="${CPU_EXPERT_PROCGEN---num-transitions 10000 --test-fraction 0.05}"
 CPU_EXPERT_DMC="${CPU_EXPERT_DMC---num-transitions 10000}"
 CPU_EXPERT_MW="${CPU_EXPERT_MW---num-transitions 10000}"
 # --- full scale (paper budgets: Procgen 100k env steps, DMC 100k frames, Metaworld 50k steps) ---
@@ -45,7 +51,7 @@ ninja plunder starpilot"
 DMC_TASKS="point_mass_easy reacher_easy reacher_hard finger_spin cup_catch"
 FULL_TASKS="$PROCGEN_GAMES point_mass_easy reacher_easy reacher_hard finger_spin cup_catch \
 faucet-open-v3 reach-v3 drawer-open-v3 faucet-close-v3"
-CPU_TASKS="bigfish chaser point_mass_easy reacher_easy reach-v3 faucet-close-v3"
+CPU_TASKS="coinrun jumper reacher_easy reacher_hard reach-v3 faucet-close-v3"
 VARIANTS="bcvlr no_finetune"
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -69,6 +75,7 @@ Runs the whole BCV-LR evaluation: expert videos, two variants x seeds per task, 
 
 Environment variables:
   WORKERS   parallel jobs (default 2 for cpu, 1 for full); each job gets OMP_NUM_THREADS = max(1, nproc / WORKERS)
+  THREADS   override that OMP_NUM_THREADS (e.g. 1 when two invocations share the machine)
   SEEDS     seeds (default "1 2 3")
   DATA_DIR  expert videos, one folder per task (default expert_data)
   OUT       run folders (default runs_all/<scale>)
@@ -298,7 +305,7 @@ for s in $SEEDS; do [[ "$s" =~ ^[0-9]+$ ]] || die "SEEDS must be integers (got '
 DATA_DIR="$(realpath -m "${DATA_DIR:-expert_data}")"
 OUT="$(realpath -m "${OUT:-runs_all/$SCALE}")"
 RESULTS="$(realpath -m "${RESULTS:-results/$SCALE}")"
-threads=$(( $(nproc) / WORKERS )); [ "$threads" -lt 1 ] && threads=1
+threads="${THREADS:-$(( $(nproc) / WORKERS ))}"; [ "$threads" -lt 1 ] && threads=1
 export OMP_NUM_THREADS="$threads" MKL_NUM_THREADS="$threads"
 export DATA_DIR OUT SEEDS PYTHON
 trap 'echo "run_all.sh: interrupted; re-run the same command to continue (finished runs are kept)" >&2; exit 130' INT TERM
