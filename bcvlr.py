@@ -93,6 +93,8 @@ class Args:
     """channel multiplier of the IMPALA trunks of p and pi: channels (16, 32, 32) x scale"""
     wm_scale: int = 24
     """base width of the U-Net world model w"""
+    wm_tanh: bool = True
+    """bound w's output with tanh/2 as the official code does; `--no-wm-tanh`: linear output (f-features are unbounded)"""
     encoder_channels: int = 16
     """channels of the visual encoder f's feature map (C x 64 x 64)"""
 
@@ -506,8 +508,9 @@ class WorldModel(nn.Module):
     """w: U-Net from context features [B, C_ctx, S, S] and la_q [B, la_dim] to the next features [B, C, S, S].
     la_q enters twice: tiled over the input, and in place of the deepest skip connection at the 1x1 bottleneck."""
 
-    def __init__(self, ctx_ch, out_ch, la_dim, size=64, base=24):
+    def __init__(self, ctx_ch, out_ch, la_dim, size=64, base=24, tanh=True):
         super().__init__()
+        self.tanh = tanh
         levels = int(np.log2(size)) - 1  # pooled down to 2x2, e.g. 64 -> 32 -> 16 -> 8 -> 4 -> 2 (5 levels)
         widths = [base * 2**i for i in range(levels)]  # 24, 48, 96, 192, 384
         ins = [ctx_ch + la_dim] + widths[:-1]
@@ -531,7 +534,8 @@ class WorldModel(nn.Module):
             x = block(x)
             if i < len(skips):
                 x = torch.cat([x, skips[-1 - i]], 1)
-        return torch.tanh(self.head(torch.cat([x, ctx], 1))) / 2  # bounded to [-0.5, 0.5] as in the official code
+        out = self.head(torch.cat([x, ctx], 1))
+        return torch.tanh(out) / 2 if self.tanh else out  # official: bounded to [-0.5, 0.5] (the targets are not)
 
 
 class LatentPolicy(nn.Module):
@@ -706,7 +710,8 @@ if __name__ == "__main__":
     feat_shape = (args.encoder_channels, 64, 64)
     encoder = Encoder(args.encoder_channels).to(device)
     idm = IDM(args).to(device)
-    wm = WorldModel(2 * args.encoder_channels, args.encoder_channels, args.la_dim, base=args.wm_scale).to(device)
+    wm = WorldModel(2 * args.encoder_channels, args.encoder_channels, args.la_dim, base=args.wm_scale,
+                    tanh=args.wm_tanh).to(device)
     stages_done = 0
     if args.offline_checkpoint:
         ckpt = torch.load(args.offline_checkpoint, map_location=device)

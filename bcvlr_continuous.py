@@ -111,6 +111,8 @@ class Args:
     """IDM IMPALA width multiplier: channels (16, 32, 32) x scale"""
     wm_scale: int = 24
     """U-Net world model base width"""
+    wm_tanh: bool = True
+    """bound w's output with tanh/2 as the official code does; `--no-wm-tanh`: linear output (f-features are unbounded)"""
     vq_commitment: float = 0.05
     """weight of the VQ commitment loss"""
     vq_decay: float = 0.999
@@ -652,11 +654,12 @@ class ResBlock(nn.Module):
 
 
 class WorldModel(nn.Module):
-    """w: LAPO's U-Net run on encoder features: (f(o_t), la_q) -> prediction of f(o_{t+1}) in [-0.5, 0.5].
+    """w: LAPO's U-Net run on encoder features: (f(o_t), la_q) -> prediction of f(o_{t+1}) (in [-0.5, 0.5] with tanh).
     la_q enters twice: tiled over the input, and in place of the deepest skip connection at the 1x1 bottleneck."""
 
-    def __init__(self, feat_shape, la_dim=128, scale=24):
+    def __init__(self, feat_shape, la_dim=128, scale=24, tanh=True):
         super().__init__()
+        self.tanh = tanh
         c, h, _ = feat_shape
         widths = [scale * 2**i for i in range(int(math.log2(h)) - 1)]  # 32 px features: [24, 48, 96, 192], 32 -> 2 px
         self.down, in_ch = nn.ModuleList(), c + la_dim
@@ -683,7 +686,8 @@ class WorldModel(nn.Module):
         for block, skip in zip(self.up, skips[::-1] + [None]):
             x = block(x)
             x = x if skip is None else torch.cat([x, skip], dim=1)
-        return torch.tanh(self.head(torch.cat([x, feat], dim=1))) / 2  # [B, C, 32, 32]
+        out = self.head(torch.cat([x, feat], dim=1))  # [B, C, 32, 32]
+        return torch.tanh(out) / 2 if self.tanh else out  # official: bounded to [-0.5, 0.5] (the targets are not)
 
 
 class LatentPolicy(nn.Module):
@@ -841,7 +845,7 @@ def build_networks(args, act_dim, device):
     f = Encoder(9, args.encoder_channels).to(device)
     feat_shape = tuple(f(torch.zeros(1, 9, 64, 64, device=device)).shape[1:])  # (C, 32, 32)
     p = IDM(feat_shape, args.impala_scale, vq_decay=args.vq_decay).to(device)
-    w = WorldModel(feat_shape, scale=args.wm_scale).to(device)
+    w = WorldModel(feat_shape, scale=args.wm_scale, tanh=args.wm_tanh).to(device)
     return f, feat_shape, p, w, make_decoder(act_dim).to(device)
 
 
