@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from conftest import ROOT, write_lapo_dataset
 
@@ -257,17 +258,39 @@ def test_end_to_end_determinism_checkpoint_and_video(tmp_path, procgen_dir):
     assert json.load(open(os.path.join(_results(tmp_path / "c")[0], "results.json")))["env_steps"] == 512
 
 
+def test_world_model_output_bound_is_a_switch():
+    # official: tanh/2 in [-0.5, 0.5]; `--no-wm-tanh`: linear, so w can fit f-features outside that range
+    torch.manual_seed(0)
+    ctx, la_q = torch.randn(8, 4, 64, 64), torch.randn(8, 128)
+    target = 2.0 * torch.ones(8, 2, 64, 64)  # feature values beyond the official bound
+    losses = {}
+    for tanh in (True, False):
+        torch.manual_seed(0)
+        wm = WorldModel(4, 2, 128, base=4, tanh=tanh)
+        assert (wm(ctx, la_q).abs() <= 0.5).all() == tanh
+        opt = torch.optim.Adam(wm.parameters(), lr=1e-2)
+        for _ in range(30):
+            loss = F.mse_loss(wm(ctx, la_q), target)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        losses[tanh] = loss.item()
+    assert losses[True] > (2.0 - 0.5) ** 2 - 1e-3  # cannot get closer than the bound
+    assert losses[False] < 0.5 * losses[True]
+
+
 def test_end_to_end_multitask_and_ablations(tmp_path, procgen_data):
     # two games' videos (real frames) for pre-training, online on a third game; all ablation switches on
     write_lapo_dataset(str(tmp_path / "data" / "bigfish"), procgen_data)
     write_lapo_dataset(str(tmp_path / "data" / "maze"), {k: v[:600] for k, v in procgen_data.items()})
     r = run_bcvlr(f"--env-id starpilot --video-env-ids bigfish maze --video-dir {tmp_path}/data/{{env_id}} {TINY} "
-                  "--no-ssl-encoder --no-finetune-latent-actions --ft-wm-coef 0 --num-video-transitions 500",
+                  "--no-ssl-encoder --no-finetune-latent-actions --ft-wm-coef 0 --num-video-transitions 500 --no-wm-tanh",
                   cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "1000 frames" in r.stdout and "from bigfish, maze" in r.stdout
     res = json.load(open(os.path.join(_results(tmp_path)[0], "results.json")))
     assert res["env_id"] == "starpilot" and res["video_return"] is None and res["args"]["ssl_encoder"] is False
+    assert res["args"]["wm_tanh"] is False
 
 
 # ---------------------------------------------------------------- learning: latent actions carry the true actions
