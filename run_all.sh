@@ -7,7 +7,9 @@
 #   full: not measured here (no GPU on the development machine); the paper's code runs its online stage in about
 #         1 GPU-hour (shared/spec/algorithm.md section 8); the offline stages' time is not reported. Metaworld 50k and
 #         DMC 100k frames were not timed either. 25 tasks x 3 seeds x 2 variants = 150 runs.
-#   cpu:  unmeasured (the lead fills this in after tuning the CPU_* flags below).
+#   cpu:  measured on a 2-core CPU with 2-4 runs sharing it: Procgen BCV-LR about 15 min + ablation 6 min per seed;
+#         DMC/Metaworld BCV-LR about 7-8 min + ablation 2 min per seed. Expert videos (under load): coinrun 10k frames
+#         about 10 min, jumper 20k about 12 min, faucet-close-v3 10k about 5 min.
 set -u
 
 # ============================================================================================================
@@ -66,7 +68,7 @@ usage: bash run_all.sh <scale> [task ...]
 
 Runs the whole BCV-LR evaluation: expert videos, two variants x seeds per task, then tables and plots.
 
-  scale    cpu  : small networks and budgets (CPU_* variables at the top of this file; provisional)
+  scale    cpu  : small networks and budgets (CPU_* variables at the top of this file)
                   tasks: $CPU_TASKS
            full : the paper's sizes and budgets (the learners' defaults; no extra flags)
                   tasks: the 16 Procgen games; DMC point_mass_easy reacher_easy reacher_hard finger_spin
@@ -106,7 +108,8 @@ Exit status: 0 when every expert and every run succeeded; 1 otherwise (after the
 arguments.
 
 Expected time per run: full: not measured here (no GPU); the paper's code runs its online stage in about 1 GPU-hour
-(the offline stages are not timed in the paper). cpu: unmeasured.
+(the offline stages are not timed in the paper). cpu (2-core CPU, measured): about 20 min per Procgen seed and
+10 min per DMC/Metaworld seed, both variants; README.md "Results" has the numbers.
 EOF
 }
 
