@@ -182,7 +182,7 @@ expert_job() {  # <scale> <task>
 # ---------------------------------------------------------------------------------------------------------------
 # internal: one (task, seed) job = the two variants, one after the other (called through xargs)
 # ---------------------------------------------------------------------------------------------------------------
-run_variant() {  # <dir> <learner cmd...>; prints the status word, returns the exit status
+run_variant() {  # <dir> <learner cmd...>; returns the learner's exit status
     local dir="$1"; shift
     mkdir -p "$dir"
     rm -f "$dir/exit_code" "$dir/skipped"
@@ -193,8 +193,19 @@ run_variant() {  # <dir> <learner cmd...>; prints the status word, returns the e
     return "$rc"
 }
 
+run_and_report() {  # <name> <dir> <learner cmd...>: runs one variant, prints its status; returns 1 if it failed
+    local name="$1" dir="$2" t0=$SECONDS; shift 2
+    if run_variant "$dir" "$@"; then
+        [ -n "$(complete_results "$dir")" ] && { echo "$name: ok ($(fmt_time $((SECONDS - t0))))"; return 0; }
+        echo "$name: FAILED (exit 0 but no complete results.json)"
+    else
+        echo "$name: FAILED (exit $(cat "$dir/exit_code"), $(fmt_time $((SECONDS - t0))); see $dir/log.txt)"
+    fi
+    return 1
+}
+
 run_job() {  # <scale> <task> <seed>
-    local scale="$1" task="$2" seed="$3" suite script start vstart rc status="" failed=0
+    local scale="$1" task="$2" seed="$3" suite script start status="" failed=0
     suite="$(suite_of "$task")"
     script="$REPO/bcvlr.py"; [ "$suite" != procgen ] && script="$REPO/bcvlr_continuous.py"
     local flags=()
@@ -205,22 +216,13 @@ run_job() {  # <scale> <task> <seed>
     start=$SECONDS
 
     # variant 1: bcvlr
-    vstart=$SECONDS
     if variant_done "$dir_b"; then
         status="bcvlr: done before (skipped)"
-    elif run_variant "$dir_b" "${base[@]}"; then
-        if [ -n "$(complete_results "$dir_b")" ]; then
-            status="bcvlr: ok ($(fmt_time $((SECONDS - vstart))))"
-        else
-            status="bcvlr: FAILED (exit 0 but no complete results.json)"; failed=1
-        fi
     else
-        rc=$(cat "$dir_b/exit_code")
-        status="bcvlr: FAILED (exit $rc, $(fmt_time $((SECONDS - vstart))); see $dir_b/log.txt)"; failed=1
+        status="$(run_and_report bcvlr "$dir_b" "${base[@]}")" || failed=1
     fi
 
     # variant 2: no_finetune, from bcvlr's offline pre-training
-    vstart=$SECONDS
     local res ckpt
     res=""
     variant_done "$dir_b" && res="$(complete_results "$dir_b")"
@@ -236,15 +238,9 @@ run_job() {  # <scale> <task> <seed>
             echo "no offline.pt next to $res (was --no-save-model given?)" > "$dir_n/skipped"
         fi
         status="$status; no_finetune: SKIPPED ($(cat "$dir_n/skipped"))"; failed=1
-    elif run_variant "$dir_n" "${base[@]}" --no-finetune-latent-actions --offline-checkpoint "$ckpt"; then
-        if [ -n "$(complete_results "$dir_n")" ]; then
-            status="$status; no_finetune: ok ($(fmt_time $((SECONDS - vstart))))"
-        else
-            status="$status; no_finetune: FAILED (exit 0 but no complete results.json)"; failed=1
-        fi
     else
-        rc=$(cat "$dir_n/exit_code")
-        status="$status; no_finetune: FAILED (exit $rc; see $dir_n/log.txt)"; failed=1
+        status="$status; $(run_and_report no_finetune "$dir_n" "${base[@]}" --no-finetune-latent-actions \
+            --offline-checkpoint "$ckpt")" || failed=1
     fi
     echo "[end  ] $suite/$task seed$seed: $status; total $(fmt_time $((SECONDS - start)))"
     return "$failed"
