@@ -170,16 +170,12 @@ def random_and_demo(suite, info):
 
 
 def paper_numbers(suite, task):
-    """(paper BCV-LR cell, paper expert-videos value or None)"""
+    """(paper BCV-LR mean, its std, paper expert-videos value); None where the paper has no number"""
     if suite == "procgen" and task in PAPER_PROCGEN:
-        m, s, e = PAPER_PROCGEN[task]
-        return fmt_pm(m, s, 1), e
+        return PAPER_PROCGEN[task]
     if suite == "metaworld" and task in PAPER_METAWORLD:
-        m, s, e = PAPER_METAWORLD[task]
-        return fmt_pm(m, s, 2), e
-    if suite == "dmc":
-        return "—", PAPER_DMC_EXPERT.get(task)
-    return "—", None
+        return PAPER_METAWORLD[task]
+    return None, None, PAPER_DMC_EXPERT.get(task) if suite == "dmc" else None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -230,10 +226,12 @@ def suite_table(suite, tasks, table, infos, seeds, runs_dir):
             cells.append(cell)
         norm = bcvlr_mean / demo if (bcvlr_mean is not None and finite(demo) and demo != 0) else None
         col_values["norm"].append(norm)
-        paper_bcvlr, paper_expert = paper_numbers(suite, task)
-        col_values["paper"].append(float(paper_bcvlr.split(" ±")[0]) if paper_bcvlr != "—" else None)
+        paper_mean, paper_std, paper_expert = paper_numbers(suite, task)
+        paper_decimals = 2 if suite == "metaworld" else 1
+        paper_bcvlr = fmt_pm(paper_mean, paper_std, paper_decimals) if paper_mean is not None else "—"
+        col_values["paper"].append(paper_mean)
         col_values["paper_expert"].append(paper_expert)
-        cells += [fmt(rand, d), fmt(demo, d), fmt(norm, 2), paper_bcvlr, fmt(paper_expert, 1 if suite != "metaworld" else 2)]
+        cells += [fmt(rand, d), fmt(demo, d), fmt(norm, 2), paper_bcvlr, fmt(paper_expert, paper_decimals)]
         lines.append("| " + " | ".join(cells) + " |")
     if len(tasks) > 1:  # a mean row only for the columns with a number for every task of this table
         def mean_of(key, decimals):
@@ -452,10 +450,8 @@ def main(argv=None):
         written.append(path)
         for task in suite_tasks if not args.no_plots else ():
             rand, demo = random_and_demo(suite, infos[task])
-            paper_cell, _ = paper_numbers(suite, task)
-            paper = float(paper_cell.split(" ±")[0]) if paper_cell != "—" else None
             png = os.path.join(out, f"{task}.png")
-            plot_task(png, suite, task, table[task], rand, demo, paper)
+            plot_task(png, suite, task, table[task], rand, demo, paper_numbers(suite, task)[0])
             written.append(png)
     path = os.path.join(out, "README.md")
     with open(path, "w") as f:
