@@ -1,6 +1,11 @@
-"""scripts/pixel_change.py on real Procgen envs: a game whose camera follows the agent changes far more pixels per step."""
+"""scripts/ on real envs: pixel_change.py (a game whose camera follows the agent changes far more pixels per step) and
+idm_check.py (a supervised inverse model of random play, measured against chance)."""
+import json
 import os
 import sys
+
+import numpy as np
+import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
 
@@ -10,3 +15,29 @@ from pixel_change import pixel_change
 def test_camera_following_game_changes_more_pixels_than_a_fixed_view():
     fixed, following = pixel_change("bigfish", num_envs=2, steps=30), pixel_change("coinrun", num_envs=2, steps=30)
     assert 0.0 < fixed < 0.05 and following > 0.1
+
+
+def _idm_check(**kw):
+    from idm_check import Args, main
+
+    return main(Args(**kw))
+
+
+def test_idm_check_procgen_reports_a_held_out_curve_against_chance(tmp_path):
+    out = tmp_path / "curve.json"
+    res = _idm_check(env_id="coinrun", transitions=640, num_envs=8, updates=6, eval_every=3, batch_size=16, out=str(out))
+    assert [c["update"] for c in res["curve"]] == [0, 3, 6]
+    assert abs(res["chance"] - np.log(15)) < 0.15  # uniform-random play over 15 actions
+    assert all(np.isfinite(c["loss"]) and 0.0 <= c["accuracy"] <= 1.0 for c in res["curve"])
+    assert res["train_transitions"] + res["val_transitions"] > 500 and json.loads(out.read_text())["metric"] == "cross-entropy"
+
+
+def test_idm_check_continuous_chance_is_the_variance_of_uniform_actions():
+    res = _idm_check(env_id="reacher_easy", transitions=300, updates=2, eval_every=1, batch_size=16)
+    assert res["metric"] == "MSE" and abs(res["chance"] - 1 / 3) < 0.15  # Var(U[-1, 1]) = 1/3
+    assert [c["update"] for c in res["curve"]] == [0, 1, 2]
+
+
+def test_idm_check_unknown_env_is_one_line_error():
+    with pytest.raises(SystemExit, match="error: unknown env id"):
+        _idm_check(env_id="not-a-task", updates=1)

@@ -1,0 +1,202 @@
+"""Can p learn to read the real action from frames at a given update budget? The best case of L_ft's action term.
+
+Online, BCV-LR trains d(p(frames)) to predict the agent's own actions (the action term of L_ft). This script isolates
+that term: it collects transitions of a uniform-random policy (true actions, no videos), trains a fresh decoder d on
+top of the learner's own IDM p (fresh, or p and f from an `offline.pt`) with that loss alone, and reports the held-out
+loss every few updates next to the loss of always predicting the training actions' marginal ("chance"). If the
+held-out loss stays at chance for the number of fine-tuning updates a run gets (`--ft-updates` x iterations), no
+amount of latent-action pre-training or cloning can make that run's decoded actions right.
+
+    python scripts/idm_check.py --env-id coinrun --updates 400                  # Procgen: p and f from bcvlr.py
+    python scripts/idm_check.py --env-id reacher_easy --updates 500 --batch-size 128
+    python scripts/idm_check.py --env-id coinrun --offline-checkpoint runs/<run>/offline.pt   # start from a run's p, f
+
+The held-out transitions are the last `--val-fraction` of the collection in time, so they are not neighbours of
+training frames. f is random unless `--offline-checkpoint` gives one (it is frozen either way, as online).
+"""
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import tyro
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@dataclass
+class Args:
+    env_id: str = "coinrun"
+    """a Procgen game (bcvlr.py's networks, 15 discrete actions) or a DMControl/Metaworld task (bcvlr_continuous.py's)"""
+    transitions: int = 8000
+    """random-policy env steps to collect (Procgen: summed over --num-envs)"""
+    num_envs: int = 32
+    """Procgen: parallel envs"""
+    updates: int = 400
+    """gradient updates of d(p(.))"""
+    batch_size: int = 64
+    """transitions per update"""
+    idm_lr: float = 3e-4
+    """Adam learning rate of p (bcvlr.py --ft-idm-lr; 0 keeps p frozen, as in the no-finetune ablation)"""
+    decoder_lr: float = 1e-3
+    """Adam learning rate of d"""
+    eval_every: int = 100
+    """updates between held-out evaluations"""
+    val_fraction: float = 0.1
+    """share of the collected transitions (the last ones) held out"""
+    encoder_channels: int = 8
+    """channels of f (ignored with --offline-checkpoint)"""
+    impala_scale: int = 1
+    """width of p's IMPALA trunk (ignored with --offline-checkpoint)"""
+    offline_checkpoint: Optional[str] = None
+    """offline.pt of a bcvlr.py / bcvlr_continuous.py run: start from its f and p instead of fresh ones"""
+    seed: int = 0
+    """seed of the envs, the random policy and the initialisation"""
+    threads: int = 0
+    """torch CPU threads (0: torch's default)"""
+    out: Optional[str] = None
+    """also write the curve as JSON to this file"""
+
+
+def collect_procgen(bcvlr, args, rng):
+    """Windows (o_{t-1}, o_t, o_{t+1}) inside one episode with the random action a_t, in collection order."""
+    envs = bcvlr.make_env(args.env_id, args.num_envs, args.seed)
+    obs = envs.reset()["rgb"]
+    prev, prev_valid, windows, actions = obs.copy(), np.zeros(args.num_envs, bool), [], []
+    for _ in range(max(args.transitions // args.num_envs, 3)):
+        action = rng.integers(bcvlr.NUM_ACTIONS, size=args.num_envs)
+        nxt, _, done, _ = envs.step(action)
+        nxt = nxt["rgb"]
+        for i in np.flatnonzero(prev_valid & ~done):
+            windows.append(np.stack([prev[i], obs[i], nxt[i]]))
+            actions.append(action[i])
+        prev, prev_valid, obs = obs, ~done, nxt
+    envs.close()
+    return np.stack(windows), np.array(actions)
+
+
+def collect_continuous(cont, args, rng):
+    """Pairs (o_t, o_{t+1}) of frame stacks inside one episode with the random action a_t, in collection order."""
+    env = cont.make_env(args.env_id, args.seed)
+    dim = env.action_space.shape[0]
+    obs, _ = env.reset(seed=args.seed)
+    pairs, actions = [], []
+    for _ in range(args.transitions):
+        action = rng.uniform(-1, 1, dim).astype(np.float32)
+        nxt, _, terminated, truncated, _ = env.step(action)
+        if not (terminated or truncated):
+            pairs.append(np.stack([obs, nxt]))
+            actions.append(action)
+            obs = nxt
+        else:
+            obs, _ = env.reset()
+    env.close()
+    return np.stack(pairs), np.stack(actions)
+
+
+def main(args):
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    import bcvlr
+
+    discrete = args.env_id in bcvlr.PROCGEN_RETURNS
+    ckpt = torch.load(args.offline_checkpoint, map_location="cpu", weights_only=False) if args.offline_checkpoint else None
+    if discrete:
+        run_args = bcvlr.Args(encoder_channels=args.encoder_channels, impala_scale=args.impala_scale)
+        if ckpt:
+            run_args = bcvlr.Args(**{k: v for k, v in ckpt["args"].items() if k in bcvlr.Args.__dataclass_fields__})
+        run_args.la_dim = run_args.vq_num_codebooks * run_args.vq_num_latents * run_args.vq_dim
+        f, p, d = bcvlr.Encoder(run_args.encoder_channels), bcvlr.IDM(run_args), bcvlr.make_decoder(run_args.la_dim)
+        if ckpt:
+            f.load_state_dict(ckpt["encoder"])
+            p.load_state_dict(ckpt["idm"])
+        data, acts = collect_procgen(bcvlr, args, rng)
+
+        def predict(idx):  # window [B, 3, 64, 64, 3] uint8 -> logits [B, 15]
+            window = bcvlr.normalize(torch.from_numpy(data[idx]).permute(0, 1, 4, 2, 3))
+            return d(p.latent_action(bcvlr.encode_window(f, window)))
+
+        loss_fn = lambda out, y: F.cross_entropy(out, torch.from_numpy(y))  # noqa: E731
+    else:
+        os.environ.setdefault("MUJOCO_GL", "egl")
+        import bcvlr_continuous as cont
+
+        try:
+            cont.check_env_id(args.env_id)
+        except cont.DataError as e:
+            raise SystemExit(f"error: {e} (or one of the 16 Procgen games)")
+        sizes = dict(encoder_channels=args.encoder_channels, impala_scale=args.impala_scale, vq_decay=0.999,
+                     wm_scale=8, wm_tanh=False)
+        if ckpt:
+            sizes = {k: ckpt["args"][k] for k in sizes}
+        data, acts = collect_continuous(cont, args, rng)
+        f, _, p, _, d = cont.build_networks(cont.Args(**sizes), acts.shape[1], "cpu")
+        if ckpt:
+            f.load_state_dict(ckpt["f"])
+            p.load_state_dict(ckpt["p"])
+
+        def predict(idx):  # pair [B, 2, 9, 64, 64] uint8 -> action [B, A]
+            pair = torch.from_numpy(data[idx])
+            with torch.no_grad():
+                s_t, s_tp1 = f(pair[:, 0]), f(pair[:, 1])
+            return d(p(s_t, s_tp1)[0])
+
+        loss_fn = lambda out, y: F.mse_loss(out, torch.from_numpy(y))  # noqa: E731
+    f.requires_grad_(False)
+    n_val = max(int(len(data) * args.val_fraction), 1)
+    if len(data) - n_val < args.batch_size:
+        raise SystemExit(f"error: only {len(data)} transitions collected; raise --transitions or lower --batch-size")
+    train, val = np.arange(len(data) - n_val), np.arange(len(data) - n_val, len(data))
+    if discrete:  # chance = cross-entropy of predicting the training actions' marginal distribution
+        marginal = np.bincount(acts[train], minlength=bcvlr.NUM_ACTIONS) / len(train) + 1e-12
+        chance = float(-np.log(marginal[acts[val]]).mean())
+    else:  # chance = MSE of predicting the training actions' mean
+        chance = float(((acts[val] - acts[train].mean(0)) ** 2).mean())
+    groups = [{"params": d.parameters(), "lr": args.decoder_lr}]
+    if args.idm_lr > 0:
+        groups.append({"params": p.parameters(), "lr": args.idm_lr})
+    optimizer = torch.optim.Adam(groups)
+    name = "cross-entropy" if discrete else "MSE"
+    print(f"{args.env_id}: {len(train)} train / {n_val} held-out random-policy transitions; chance held-out {name} "
+          f"{chance:.4f}")
+
+    def evaluate():
+        p.eval()
+        with torch.no_grad():
+            out = torch.cat([predict(b) for b in np.array_split(val, max(len(val) // 256, 1))])
+        p.train(args.idm_lr > 0)
+        res = {"loss": loss_fn(out, acts[val]).item()}
+        if discrete:
+            res["accuracy"] = (out.argmax(-1).numpy() == acts[val]).mean().item()
+        return res
+
+    curve, start = [{"update": 0, **evaluate()}], time.time()
+    p.train(args.idm_lr > 0)  # VQ EMA updates as in fine-tuning; frozen p stays in eval mode
+    for update in range(1, args.updates + 1):
+        idx = rng.choice(train, size=args.batch_size)
+        loss = loss_fn(predict(idx), acts[idx])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if update % args.eval_every == 0 or update == args.updates:
+            curve.append({"update": update, "train_loss": loss.item(), **evaluate()})
+            acc = f", accuracy {curve[-1]['accuracy']:.3f}" if discrete else ""
+            print(f"update {update}: train {name} {loss.item():.4f}, held-out {name} {curve[-1]['loss']:.4f} "
+                  f"(chance {chance:.4f}){acc}; {time.time() - start:.0f} s", flush=True)
+    result = {"env_id": args.env_id, "metric": name, "chance": chance, "train_transitions": len(train),
+              "val_transitions": n_val, "curve": curve, "args": vars(args)}
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(result, fh, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
