@@ -107,7 +107,13 @@ def main(args):
     import bcvlr
 
     discrete = args.env_id in bcvlr.PROCGEN_RETURNS
+    if args.offline_checkpoint and not os.path.isfile(args.offline_checkpoint):
+        raise SystemExit(f"error: --offline-checkpoint {args.offline_checkpoint} does not exist")
     ckpt = torch.load(args.offline_checkpoint, map_location="cpu", weights_only=False) if args.offline_checkpoint else None
+    need = ("encoder", "idm") if discrete else ("f", "p")
+    if ckpt is not None and not (isinstance(ckpt, dict) and all(k in ckpt for k in need + ("args",))):
+        raise SystemExit(f"error: {args.offline_checkpoint} is not an offline.pt of "
+                         f"{'bcvlr.py' if discrete else 'bcvlr_continuous.py'} (the learner of {args.env_id})")
     if discrete:
         run_args = bcvlr.Args(encoder_channels=args.encoder_channels, impala_scale=args.impala_scale)
         if ckpt:

@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
 
@@ -41,3 +42,12 @@ def test_idm_check_continuous_chance_is_the_variance_of_uniform_actions():
 def test_idm_check_unknown_env_is_one_line_error():
     with pytest.raises(SystemExit, match="error: unknown env id"):
         _idm_check(env_id="not-a-task", updates=1)
+
+
+def test_idm_check_bad_checkpoint_is_one_line_error(tmp_path):
+    with pytest.raises(SystemExit, match="error: --offline-checkpoint .* does not exist"):
+        _idm_check(env_id="coinrun", updates=1, offline_checkpoint=str(tmp_path / "missing.pt"))
+    bad = tmp_path / "other.pt"
+    torch.save({"f": {}, "p": {}, "args": {}}, bad)  # a continuous checkpoint given to a Procgen game
+    with pytest.raises(SystemExit, match="is not an offline.pt of bcvlr.py"):
+        _idm_check(env_id="coinrun", updates=1, offline_checkpoint=str(bad))
