@@ -156,6 +156,7 @@ def main(args):
 
         loss_fn = lambda out, y: F.mse_loss(out, torch.from_numpy(y))  # noqa: E731
     f.requires_grad_(False)
+    p.requires_grad_(args.idm_lr > 0)  # a frozen p (no-finetune ablation) needs no backward pass of its own
     n_val = max(int(len(data) * args.val_fraction), 1)
     if len(data) - n_val < args.batch_size:
         raise SystemExit(f"error: only {len(data)} transitions collected; raise --transitions or lower --batch-size")
@@ -177,14 +178,13 @@ def main(args):
         p.eval()
         with torch.no_grad():
             out = torch.cat([predict(b) for b in np.array_split(val, max(len(val) // 256, 1))])
-        p.train(args.idm_lr > 0)
+        p.train(args.idm_lr > 0)  # VQ EMA updates as in fine-tuning; a frozen p stays in eval mode
         res = {"loss": loss_fn(out, acts[val]).item()}
         if discrete:
             res["accuracy"] = (out.argmax(-1).numpy() == acts[val]).mean().item()
         return res
 
     curve, start = [{"update": 0, **evaluate()}], time.time()
-    p.train(args.idm_lr > 0)  # VQ EMA updates as in fine-tuning; frozen p stays in eval mode
     for update in range(1, args.updates + 1):
         idx = rng.choice(train, size=args.batch_size)
         loss = loss_fn(predict(idx), acts[idx])
