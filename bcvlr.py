@@ -63,6 +63,8 @@ class Args:
     """the entity (team) of wandb's project"""
     capture_video: bool = False
     """whether to save mp4 videos of the final evaluation episodes of env 0 to `videos/{run_name}-eval`"""
+    num_threads: int = 0
+    """torch CPU threads (1 for each of several runs sharing a machine); 0 = torch's default (all cores)"""
     save_model: bool = True
     """whether to save checkpoints into the `runs/{run_name}` folder"""
 
@@ -114,7 +116,10 @@ class Args:
     ssl_target_every: int = 2
     """update period of the target encoder"""
     train_recon_decoder: bool = True
-    """train the reconstruction decoder; `--no-train-recon-decoder` keeps it random, as the official code does"""
+    """train the reconstruction decoder; `--no-train-recon-decoder` keeps it at its random init, as the official code"""
+    bilinear_shift: bool = True
+    """the official random shift (bilinear resample: slight zoom, half-pixel blur, dark border); `--no-bilinear-shift`:
+    DrQ's exact integer crop"""
 
     # Stage 2: latent action model (IDM p + VQ + world model w)
     lam_steps: int = 10_000
@@ -337,14 +342,25 @@ def layer_init(layer, gain=np.sqrt(2)):
     return layer
 
 
-def random_shift(x, pad=1):
-    """DrQ-style random shift: replicate-pad by `pad`, crop back at an independent integer offset per sample."""
+def random_shift(x, pad=1, bilinear=True):
+    """Random shift by an integer offset in [0, 2 pad] per sample and axis, of the replicate-padded image [B, C, H, H].
+    bilinear=True is the official `RandomShiftsAug_nobinliear` (discrete repo, utils.py): `grid_sample` (bilinear, zero
+    padding, align_corners=False) on the grid linspace(-1, 1, H + 2 pad)[:H] + shift * 2 / (H + 2 pad - 1), which lands
+    between pixel centres: a (H+2p)/(H+2p-1) zoom, a half-pixel blur and a thin dark border. bilinear=False: DrQ's exact
+    integer crop of the padded image."""
     b, _, h, w = x.shape
-    x = F.pad(x, (pad, pad, pad, pad), mode="replicate")
-    dy, dx = torch.randint(0, 2 * pad + 1, (2, b, 1), device=x.device)
-    rows = (torch.arange(h, device=x.device) + dy)[:, :, None]  # [B, H, 1]
-    cols = (torch.arange(w, device=x.device) + dx)[:, None, :]  # [B, 1, W]
-    return x[torch.arange(b, device=x.device)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)  # [B, C, H, W]
+    assert h == w, "random_shift expects square images"
+    x = F.pad(x, (pad, pad, pad, pad), mode="replicate")  # [B, C, H+2p, H+2p]
+    shift = torch.randint(0, 2 * pad + 1, (b, 1, 1, 2), device=x.device)  # (x, y) offset per sample
+    if not bilinear:
+        cols = torch.arange(w, device=x.device)[None, None, :] + shift[..., 0]  # [B, 1, W]
+        rows = torch.arange(h, device=x.device)[None, :, None] + shift[..., 1]  # [B, H, 1]
+        return x[torch.arange(b, device=x.device)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)  # [B, C, H, W]
+    n = h + 2 * pad
+    base = torch.linspace(-1.0, 1.0, n, device=x.device, dtype=x.dtype)[:h]
+    grid = torch.stack([base[None, :].expand(h, h), base[:, None].expand(h, h)], -1)  # [H, W, (x, y)]
+    grid = grid[None] + shift.to(x.dtype) * (2.0 / (n - 1))  # [B, H, W, 2]
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 class ResidualBlock(nn.Module):
@@ -373,30 +389,34 @@ class Encoder(nn.Module):
 
 
 class CURLHead(nn.Module):
-    """Projector h (flatten -> 256), predictor g and bilinear W of the contrastive loss."""
+    """Projector h (flatten -> 256), predictor g and bilinear W of the contrastive loss (orthogonal init, gain 1, as
+    the official code)."""
 
     def __init__(self, feat_shape, dim=256):
         super().__init__()
-        self.projector = layer_init(nn.Linear(int(np.prod(feat_shape)), dim))
-        self.predictor = nn.Sequential(layer_init(nn.Linear(dim, 512)), nn.ReLU(), layer_init(nn.Linear(512, dim)))
+        self.projector = layer_init(nn.Linear(int(np.prod(feat_shape)), dim), gain=1.0)
+        self.predictor = nn.Sequential(layer_init(nn.Linear(dim, 512), gain=1.0), nn.ReLU(),
+                                       layer_init(nn.Linear(512, dim), gain=1.0))
         self.W = layer_init(nn.Linear(dim, dim, bias=False), gain=1.0)
 
 
-def curl_loss(head, target_head, feats, target_feats):
+def curl_loss(head, target_projector, feats, target_feats):
     """Eq. L_lf (first term, poster): -log exp(u(s_i)^T W s'_i) / sum_j exp(u(s_i)^T W s'_j); other samples = negatives."""
     q = head.predictor(head.projector(feats.flatten(1)))  # u(s_i): [B, 256]
     with torch.no_grad():
-        k = target_head.projector(target_feats.flatten(1))  # s'_j from the EMA target: [B, 256]
+        k = target_projector(target_feats.flatten(1))  # s'_j from the EMA target: [B, 256]
     logits = q @ head.W(k).T  # [B, B]
     return F.cross_entropy(logits, torch.arange(len(q), device=q.device))
 
 
 class ReconDecoder(nn.Module):
-    """r: features [B, C, 64, 64] -> image [B, 3, 64, 64], for the reconstruction term of L_lf."""
+    """r: features [B, C, 64, 64] -> image [B, 3, 64, 64], for the reconstruction term of L_lf (orthogonal init with
+    gain sqrt 2 and zero bias, as the official code; `--no-train-recon-decoder` keeps it at this init)."""
 
     def __init__(self, channels=16):
         super().__init__()
         self.net = nn.Sequential(nn.Conv2d(channels, 3, 3, padding=1), ResidualBlock(3), ResidualBlock(3))
+        self.apply(layer_init)
 
     def forward(self, x):
         return self.net(x)
@@ -434,9 +454,10 @@ class ImpalaTrunk(nn.Module):
 
 
 class VectorQuantizerEMA(nn.Module):
-    """VQ bottleneck with EMA codebooks (as in LAPO). la [B, N*H*D] is read as N codebooks x H latents x D dims;
-    each D-vector is replaced by its nearest code of its codebook. Returns la_q (straight-through), the commitment
-    loss and the perplexity (summed over codebooks)."""
+    """VQ bottleneck with EMA codebooks, as in LAPO (github.com/schmidtdominik/LAPO lapo/models.py VQEmbeddingEMA).
+    la [B, N*D*H] is read, as in the official code, as N codebooks x D dims x H latents; each of the N*H D-vectors is
+    replaced by its nearest code of its codebook. Returns la_q (straight-through), the commitment loss
+    beta_c ||la - sg(e)||^2 (already weighted) and the perplexity of code usage (summed over codebooks)."""
 
     def __init__(self, num_codebooks=2, num_latents=4, dim=16, num_codes=64, commitment=0.05, decay=0.999, eps=1e-5):
         super().__init__()
@@ -449,26 +470,24 @@ class VectorQuantizerEMA(nn.Module):
 
     def forward(self, la):
         b = la.shape[0]
-        x = la.view(b, self.n, self.h, self.d).transpose(0, 1).reshape(self.n, b * self.h, self.d)  # [N, B*H, D]
-        dist = (x.detach() ** 2).sum(-1, keepdim=True) - 2 * x.detach() @ self.codebook.transpose(1, 2) + (
-            self.codebook**2
-        ).sum(-1)[:, None, :]  # [N, B*H, K]
-        idx = dist.argmin(-1)  # [N, B*H]
-        onehot = F.one_hot(idx, self.k).type(x.dtype)  # [N, B*H, K]
-        quantized = onehot @ self.codebook  # [N, B*H, D]
+        x = la.view(b, self.n, self.d, self.h).permute(1, 0, 3, 2).reshape(self.n, b * self.h, self.d)  # [N, B*H, D]
+        x_ = x.detach()
+        dist = (x_**2).sum(-1, keepdim=True) - 2 * x_ @ self.codebook.transpose(1, 2) + (self.codebook**2).sum(-1)[:, None]
+        onehot = F.one_hot(dist.argmin(-1), self.k).type(x.dtype)  # [N, B*H, K]
+        quantized = onehot @ self.codebook  # [N, B*H, D]: nearest codes (before this batch's EMA update)
         if self.training:  # EMA codebook update: c <- g c + (1-g) n_k ; Laplace smoothing ; m <- g m + (1-g) sum x
             with torch.no_grad():
                 self.ema_count.mul_(self.decay).add_((1 - self.decay) * onehot.sum(1))
                 total = self.ema_count.sum(-1, keepdim=True)
                 self.ema_count.copy_((self.ema_count + self.eps) / (total + self.k * self.eps) * total)
-                self.ema_weight.mul_(self.decay).add_((1 - self.decay) * onehot.transpose(1, 2) @ x.detach())
+                self.ema_weight.mul_(self.decay).add_((1 - self.decay) * onehot.transpose(1, 2) @ x_)
                 self.codebook.copy_(self.ema_weight / self.ema_count[..., None])
-        commit = self.commitment * F.mse_loss(x, quantized.detach())  # beta_c * ||la - sg(e)||^2, no codebook loss
-        quantized = x + (quantized - x).detach()  # straight-through: la_q = la + sg(e - la)
-        avg = onehot.mean(1)  # [N, K]
-        perplexity = torch.exp(-(avg * torch.log(avg + 1e-10)).sum(-1)).sum()
-        la_q = quantized.view(self.n, b, self.h, self.d).transpose(0, 1).reshape(b, -1)  # [B, N*H*D]
-        return la_q, commit, perplexity, idx.view(self.n, b, self.h).transpose(0, 1)
+        quantized = quantized.view(self.n, b, self.h, self.d).permute(1, 0, 3, 2).reshape(b, -1)  # [B, N*D*H]
+        commit = self.commitment * F.mse_loss(la, quantized.detach())  # beta_c ||la - sg(e)||^2, no codebook loss
+        la_q = la + (quantized - la).detach()  # straight-through: la_q = la + sg(e - la)
+        usage = onehot.mean(1)  # [N, K]
+        perplexity = torch.exp(-(usage * torch.log(usage + 1e-10)).sum(-1)).sum()
+        return la_q, commit, perplexity
 
 
 class IDM(nn.Module):
@@ -486,7 +505,7 @@ class IDM(nn.Module):
 
     def forward(self, window_feats):
         la = self.latent_action(window_feats)
-        la_q, commit, perplexity, _ = self.vq(la)
+        la_q, commit, perplexity = self.vq(la)
         return la, la_q, commit, perplexity
 
 
@@ -562,30 +581,38 @@ def make_decoder(la_dim, num_actions=NUM_ACTIONS):
 # Losses of stages 2, 3 and online
 # ============================================================================================
 def encode_window(encoder, window):
-    """[B, T, 3, 64, 64] -> f-features [B, T, C, 64, 64] under no-grad (f is frozen after stage 1)."""
+    """frames [B, T, ...] -> f-features [B, T, C, H, W] under no-grad (f is frozen after stage 1)."""
     with torch.no_grad():
         return encoder(window.flatten(0, 1)).unflatten(0, window.shape[:2])
 
 
 def latent_dynamics_loss(idm, wm, feats):
-    """Eq. L_la (poster): ||w(s_{t-1}, s_t, z^vq) - sg s_{t+1}||^2 + commitment, on f-features [B, 3, C, H, W]."""
+    """Eq. L_la (poster): ||w(s_{t-1}, s_t, z^vq) - sg s_{t+1}||^2 + commitment, on f-features [B, 3, C, H, W].
+    Returns (loss, pre-VQ la, VQ perplexity)."""
     la, la_q, commit, perplexity = idm(feats)
-    pred = wm(feats[:, :2].flatten(1, 2), la_q)  # context = f(o_{t-1}), f(o_t)
-    return F.mse_loss(pred, feats[:, 2]) + commit, la, perplexity
+    pred = wm(feats[:, :-1].flatten(1, 2), la_q)  # context: f(o_{t-1}), f(o_t)
+    return F.mse_loss(pred, feats[:, -1]) + commit, la, perplexity
 
 
 def bc_loss(policy, idm, window, feats):
     """Eq. L_bc (poster): ||pi(o_t) - sg z_t||^2 with z_t = p's pre-VQ latent action of the window."""
     with torch.no_grad():
         target = idm.latent_action(feats)
-    return F.mse_loss(policy(window[:, 1]), target)
+    return F.mse_loss(policy(window[:, -2]), target)  # o_t, the frame before the transition
 
 
-def finetune_loss(idm, wm, decoder, feats, actions, wm_coef):
-    """Eq. L_ft (poster): -a_t^T log softmax(d(z_t)) + beta ||w(s_t, z^vq_t) - s_{t+1}||^2 on the agent's transitions."""
+def finetune_loss(idm, wm, decoder, feats, actions, wm_coef, finetune_idm=True):
+    """Eq. L_ft (poster): -a_t^T log softmax(d(z_t)) + beta ||w(s_t, z^vq_t) - s_{t+1}||^2 on the agent's transitions.
+    Returns (loss, action term, dynamics term). finetune_idm=False (ablation): p is fixed, only d's action term is
+    computed (no backward pass through p or w). One pass of p serves both terms (the official code runs p twice)."""
+    if not finetune_idm:
+        with torch.no_grad():
+            la = idm.latent_action(feats)
+        action_loss = F.cross_entropy(decoder(la), actions)
+        return action_loss, action_loss, torch.zeros_like(action_loss)
     dyn, la, _ = latent_dynamics_loss(idm, wm, feats)
-    ce = F.cross_entropy(decoder(la), actions)
-    return ce + wm_coef * dyn, ce, dyn
+    action_loss = F.cross_entropy(decoder(la), actions)
+    return action_loss + wm_coef * dyn, action_loss, dyn
 
 
 @torch.no_grad()
@@ -623,11 +650,10 @@ def soft_update(target, source, tau):
 @torch.no_grad()
 def evaluate(policy, decoder, env_id, num_episodes, seed, device, video_path=None):
     """Run `num_episodes` episodes (one per env, sampled actions a ~ Categorical(d(pi(o)))) in a fresh vector env
-    whose level sequence comes from its own seed, and return their returns and lengths."""
+    whose level sequence comes from its own seed, and return their returns."""
     envs = make_env(env_id, num_episodes, seed)
     obs = envs.reset()["rgb"]
-    returns, lengths = np.zeros(num_episodes), np.zeros(num_episodes, dtype=int)
-    finished = np.zeros(num_episodes, dtype=bool)
+    returns, finished = np.zeros(num_episodes), np.zeros(num_episodes, dtype=bool)
     frames = []
     while not finished.all():
         x = normalize(torch.from_numpy(obs).to(device).permute(0, 3, 1, 2))
@@ -637,12 +663,11 @@ def evaluate(policy, decoder, env_id, num_episodes, seed, device, video_path=Non
         obs, rew, done, _ = envs.step(actions)
         obs = obs["rgb"]
         returns += rew * ~finished
-        lengths += ~finished
         finished |= done
     envs.close()
     if video_path:
         write_mp4(video_path, np.stack(frames))
-    return returns, lengths
+    return returns
 
 
 def write_mp4(path, frames, scale=4):
@@ -669,6 +694,8 @@ if __name__ == "__main__":
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
+    if args.num_threads > 0:
+        torch.set_num_threads(args.num_threads)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
     # expert videos: the only supervision. `ta` is read for diagnostics only and never reaches a loss.
@@ -741,30 +768,30 @@ if __name__ == "__main__":
         t = time.time()
         head = CURLHead(feat_shape).to(device)
         recon = ReconDecoder(args.encoder_channels).to(device)
-        target_encoder, target_head = copy.deepcopy(encoder), copy.deepcopy(head)
+        target_encoder, target_projector = copy.deepcopy(encoder), copy.deepcopy(head.projector)  # EMA targets
         params = list(encoder.parameters()) + list(head.parameters())
         if args.train_recon_decoder:
             params += list(recon.parameters())
         optimizer = torch.optim.Adam(params, lr=args.ssl_lr)
         for step in (pbar := trange(args.ssl_steps, desc="stage 1: encoder SSL (CURL + recon)")):
             o = sample_windows(obs, starts, args.ssl_batch_size, device)[:, 0]  # frame 0 of each window
-            x1, x2 = random_shift(o), random_shift(o)  # two independent shifts of the same frame
+            x1, x2 = random_shift(o, 1, args.bilinear_shift), random_shift(o, 1, args.bilinear_shift)  # two shifts of o
             feats = encoder(x1)
             with torch.no_grad():
                 target_feats = target_encoder(x2)
-            l_c, l_rec = curl_loss(head, target_head, feats, target_feats), recon_loss(recon, feats, x1)
+            l_c, l_rec = curl_loss(head, target_projector, feats, target_feats), recon_loss(recon, feats, x1)
             loss = l_c + args.ssl_recon_coef * l_rec
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            if step % args.ssl_target_every == 0:
+            if (step + 1) % args.ssl_target_every == 0:  # after steps 2, 4, 6, ... (official parity)
                 soft_update(target_encoder, encoder, args.ssl_tau)
-                soft_update(target_head, head, args.ssl_tau)
+                soft_update(target_projector, head.projector, args.ssl_tau)
             if step % 100 == 0:
                 writer.add_scalar("offline/ssl_contrastive_loss", l_c.item(), step)
                 writer.add_scalar("offline/ssl_recon_loss", l_rec.item(), step)
                 pbar.set_postfix(contrastive=f"{l_c.item():.3f}", recon=f"{l_rec.item():.4f}")
-        del head, target_head, target_encoder, recon, optimizer
+        del head, target_projector, target_encoder, recon, optimizer
         timings["ssl"] = time.time() - t
     encoder.requires_grad_(False)  # f is frozen from here on
     if stages_done < 1 and args.save_model:
@@ -832,39 +859,43 @@ if __name__ == "__main__":
     ep_ret, ep_len = np.zeros(args.num_envs), np.zeros(args.num_envs, dtype=int)
     recent_returns, global_step, iteration, interrupted = [], 0, 0, False
     diag_generator = torch.Generator().manual_seed(args.seed)  # diagnostics never touch the training RNG
-
-    def collect(num_steps, random_actions):
-        global next_obs, prev_obs, prev_valid, ep_ret, ep_len, global_step, buffer_pos, buffer_full
-        for _ in range(num_steps):
-            if random_actions:
-                action = np.random.randint(NUM_ACTIONS, size=args.num_envs)
-            else:  # ALGO LOGIC: action logic, a ~ Categorical(d(pi(o_t)))
-                with torch.no_grad():
-                    x = normalize(torch.from_numpy(next_obs).to(device).permute(0, 3, 1, 2))
-                    action = torch.distributions.Categorical(logits=decoder(policy(x))).sample().cpu().numpy()
-            # TRY NOT TO MODIFY: execute the game and log data.
-            obs_t = next_obs
-            next_obs, reward, done, _ = envs.step(action)
-            next_obs = next_obs["rgb"]
-            global_step += args.num_envs
-            for i in np.flatnonzero(prev_valid & ~done):  # window (o_{t-1}, o_t, o_{t+1}) inside one episode
-                buffer_obs[buffer_pos] = (prev_obs[i], obs_t[i], next_obs[i])
-                buffer_act[buffer_pos] = action[i]
-                buffer_pos = (buffer_pos + 1) % args.buffer_size
-                buffer_full = buffer_full or buffer_pos == 0
-            prev_obs, prev_valid = obs_t, ~done
-            ep_ret, ep_len = ep_ret + reward, ep_len + 1  # rewards are logged, never learned from
-            for i in np.flatnonzero(done):
-                print(f"global_step={global_step}, episodic_return={ep_ret[i]:.2f}")
-                writer.add_scalar("charts/episodic_return", ep_ret[i], global_step)
-                writer.add_scalar("charts/episodic_length", ep_len[i], global_step)
-                recent_returns.append((global_step, ep_ret[i]))
-            ep_ret[done], ep_len[done] = 0, 0
-
     try:
-        collect(min(args.warmup_steps, args.total_timesteps // args.num_envs), random_actions=True)
         while True:
+            # (a) collect: uniform-random actions in the warm-up (iteration 0), then a ~ Categorical(d(pi(o_t)))
+            num_steps = min(args.warmup_steps if iteration == 0 else args.num_steps,
+                            (args.total_timesteps - global_step + args.num_envs - 1) // args.num_envs)
+            t = time.time()
+            for _ in range(num_steps):
+                if iteration == 0:
+                    action = np.random.randint(NUM_ACTIONS, size=args.num_envs)
+                else:  # ALGO LOGIC: action logic
+                    with torch.no_grad():
+                        x = normalize(torch.from_numpy(next_obs).to(device).permute(0, 3, 1, 2))
+                        action = torch.distributions.Categorical(logits=decoder(policy(x))).sample().cpu().numpy()
+                # TRY NOT TO MODIFY: execute the game and log data.
+                obs_t = next_obs
+                next_obs, reward, done, _ = envs.step(action)
+                next_obs = next_obs["rgb"]
+                global_step += args.num_envs
+                for i in np.flatnonzero(prev_valid & ~done):  # window (o_{t-1}, o_t, o_{t+1}) inside one episode
+                    buffer_obs[buffer_pos] = (prev_obs[i], obs_t[i], next_obs[i])
+                    buffer_act[buffer_pos] = action[i]
+                    buffer_pos = (buffer_pos + 1) % args.buffer_size
+                    buffer_full = buffer_full or buffer_pos == 0
+                prev_obs, prev_valid = obs_t, ~done
+                ep_ret, ep_len = ep_ret + reward, ep_len + 1  # rewards are logged, never learned from
+                for i in np.flatnonzero(done):
+                    print(f"global_step={global_step}, episodic_return={ep_ret[i]:.2f}")
+                    writer.add_scalar("charts/episodic_return", ep_ret[i], global_step)
+                    writer.add_scalar("charts/episodic_length", ep_len[i], global_step)
+                    recent_returns.append((global_step, ep_ret[i]))
+                ep_ret[done], ep_len[done] = 0, 0
+            if iteration > 0:
+                sps = int(args.num_envs * num_steps / (time.time() - t))
+                print(f"iteration={iteration}, global_step={global_step}, SPS={sps}")
+                writer.add_scalar("charts/SPS", sps, global_step)
             iteration += 1
+
             # (b) fine-tune p (L_ft) and train the decoder d on the agent's own transitions
             n = args.buffer_size if buffer_full else buffer_pos
             idm.train(args.finetune_latent_actions)  # VQ EMA updates only when p is fine-tuned
@@ -872,8 +903,8 @@ if __name__ == "__main__":
                 idx = np.random.randint(n, size=min(args.ft_batch_size, n))
                 window = normalize(torch.from_numpy(buffer_obs[idx]).to(device).permute(0, 1, 4, 2, 3))
                 acts = torch.from_numpy(buffer_act[idx]).to(device)
-                feats = encode_window(encoder, window)
-                loss, ce, dyn = finetune_loss(idm, wm, decoder, feats, acts, args.ft_wm_coef)
+                loss, action_loss, dyn = finetune_loss(idm, wm, decoder, encode_window(encoder, window), acts,
+                                                       args.ft_wm_coef, args.finetune_latent_actions)
                 idm_optimizer.zero_grad()
                 decoder_optimizer.zero_grad()
                 loss.backward()
@@ -881,9 +912,9 @@ if __name__ == "__main__":
                     idm_optimizer.step()
                 decoder_optimizer.step()
             idm.eval()
-            if n >= 1:
+            if n >= 1 and args.ft_updates > 0:
                 writer.add_scalar("losses/ft_loss", loss.item(), global_step)
-                writer.add_scalar("losses/ft_action_ce", ce.item(), global_step)
+                writer.add_scalar("losses/ft_action_loss", action_loss.item(), global_step)
                 writer.add_scalar("losses/ft_dynamics", dyn.item(), global_step)
             if true_actions is not None:  # diagnostic only: accuracy of d(p(window)) against the videos' true a_t
                 with torch.no_grad():
@@ -891,6 +922,7 @@ if __name__ == "__main__":
                     pred = decoder(idm.latent_action(encode_window(encoder, windows_at(obs, idx, device))))
                 acc = (pred.argmax(-1).cpu() == true_actions[idx + 1]).float().mean().item()
                 writer.add_scalar("diagnostics/decoded_action_accuracy", acc, global_step)
+
             # (c) re-clone pi onto the (fine-tuned) latent actions of the videos
             for _ in range(args.online_bc_updates):
                 window = sample_windows(obs, starts, args.bc_batch_size, device)
@@ -898,16 +930,10 @@ if __name__ == "__main__":
                 bc_optimizer.zero_grad()
                 loss.backward()
                 bc_optimizer.step()
-            writer.add_scalar("losses/bc_loss", loss.item(), global_step)
-            # (a) collect with the current policy
+            if args.online_bc_updates > 0:
+                writer.add_scalar("losses/bc_loss", loss.item(), global_step)
             if global_step >= args.total_timesteps:
                 break
-            t = time.time()
-            collect(min(args.num_steps, (args.total_timesteps - global_step + args.num_envs - 1) // args.num_envs),
-                    random_actions=False)
-            sps = int(args.num_envs * args.num_steps / (time.time() - t))
-            print(f"iteration={iteration}, global_step={global_step}, SPS={sps}")
-            writer.add_scalar("charts/SPS", sps, global_step)
     except KeyboardInterrupt:
         interrupted = True
         print("interrupted: saving the current model and results")
@@ -920,7 +946,7 @@ if __name__ == "__main__":
                     "wm": wm.state_dict(), "args": vars(args)}, f"runs/{run_name}/{args.exp_name}.cleanrl_model")
         print(f"model saved to runs/{run_name}/{args.exp_name}.cleanrl_model")
     t = time.time()
-    returns, lengths = evaluate(policy, decoder, args.env_id, args.eval_episodes, args.seed + 1_000_003, device,
+    returns = evaluate(policy, decoder, args.env_id, args.eval_episodes, args.seed + 1_000_003, device,
                                 video_path=f"videos/{run_name}-eval/episode0.mp4" if args.capture_video else None)
     timings["eval"] = time.time() - t
     for r in returns:

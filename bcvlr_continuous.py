@@ -51,6 +51,8 @@ class Args:
     """the entity (team) of wandb's project"""
     capture_video: bool = False
     """whether to capture videos of the agent performances (check out `videos` folder)"""
+    num_threads: int = 0
+    """torch CPU threads (1 for each of several runs sharing a machine); 0 = torch's default (all cores)"""
     save_model: bool = True
     """whether to save model into the `runs/{run_name}` folder"""
 
@@ -63,8 +65,6 @@ class Args:
     """env steps per agent action (rewards summed); -1 = 2 for DMControl, 1 for Metaworld"""
     max_episode_steps: int = 0
     """cut episodes after this many agent steps (for quick tests); 0 = the env's own limit (DMC 1000 frames, Metaworld 500)"""
-    num_threads: int = 0
-    """torch CPU threads (1 on a shared machine); 0 = torch default"""
     video_dir: str = "expert_data/{env_id}"
     """folder of expert videos: train/*.npz frame stacks, per-episode npz of single frames, or .mp4/.gif/.webm/.avi files"""
     video_env_ids: tuple[str, ...] = ()
@@ -87,6 +87,9 @@ class Args:
     """stage 1 Adam learning rate"""
     aug_pad: int = 4
     """random-shift augmentation padding (pixels)"""
+    bilinear_shift: bool = True
+    """the official random shift (bilinear resample: slight zoom, half-pixel blur, dark border); `--no-bilinear-shift`:
+    DrQ's exact integer crop"""
     num_protos: int = 512
     """number of Proto-RL prototypes"""
     proto_temperature: float = 0.1
@@ -113,12 +116,22 @@ class Args:
     """U-Net world model base width"""
     wm_tanh: bool = True
     """bound w's output with tanh/2 as the official code does; `--no-wm-tanh`: linear output (f-features are unbounded)"""
+    vq_num_codebooks: int = 2
+    """VQ: number of codebooks"""
+    vq_num_latents: int = 4
+    """VQ: discrete latents per codebook"""
+    vq_dim: int = 16
+    """VQ: dimension of each code (latent action dim = codebooks x latents x dim = 128)"""
+    vq_num_codes: int = 64
+    """VQ: codes per codebook"""
     vq_commitment: float = 0.05
-    """weight of the VQ commitment loss"""
+    """VQ: commitment cost"""
     vq_decay: float = 0.999
-    """EMA decay of the VQ codebooks (time constant 1/(1-decay) steps; 0.99 suits runs of a few hundred steps)"""
+    """VQ: EMA decay of the codebooks (time constant 1/(1-decay) steps; 0.99 suits runs of a few hundred steps)"""
     probe_every: int = 5000
-    """stage 2 steps between latent-action probes (diagnostic on expert actions, if the videos have `ta`)"""
+    """diagnostic only: every N stage-2 steps, probe latent actions against the videos' true actions (if present)"""
+    probe_windows: int = 4096
+    """diagnostic only: video pairs used by the probe (half to fit it, half to measure its error)"""
 
     # Stage 3: latent behaviour cloning (official YAML: latent_policy_imitaiton)
     bc_steps: int = 20_000
@@ -137,16 +150,18 @@ class Args:
     """agent steps between two rounds of (fine-tune, re-clone, evaluate)"""
     finetune_latent_actions: bool = True
     """fine-tune p (and w) online with L_ft; --no-finetune-latent-actions = only d is trained on the replay (ablation)"""
-    ft_updates: int = -1
-    """L_ft updates per round: -1 = official (100 reacher/jaco/Metaworld, else ceil(step/256)), -2 = ceil(step/256), N = N"""
+    ft_updates: Optional[int] = None
+    """L_ft updates per round; default: the official schedule (100 reacher/jaco/Metaworld, else ceil(agent_step / 256))"""
     ft_batch_size: int = 512
     """L_ft batch size (replay pairs)"""
-    ft_lr: float = 1e-3
-    """Adam learning rate of p and d online"""
-    ft_wm_coef: float = -1.0
-    """weight alpha of the dynamics term in L_ft (0 = none); -1 = official: 1e-3 reacher/jaco/Metaworld, else 1e-5"""
-    wm_online_lr: float = -1.0
-    """Adam learning rate of w online (0 = frozen w); -1 = official: 1e-3 reacher/jaco/Metaworld, else 1e-5"""
+    ft_idm_lr: float = 1e-3
+    """Adam learning rate of p online"""
+    ft_decoder_lr: float = 1e-3
+    """Adam learning rate of the decoder d"""
+    ft_wm_coef: Optional[float] = None
+    """weight alpha of the dynamics term in L_ft (0 = none); default: official (1e-3 reacher/jaco/Metaworld, else 1e-5)"""
+    wm_online_lr: Optional[float] = None
+    """Adam learning rate of w online (0 = frozen w); default: official (1e-3 reacher/jaco/Metaworld, else 1e-5)"""
     online_bc_updates: int = 1000
     """policy re-cloning updates per round"""
     online_bc_batch_size: int = 128
@@ -159,6 +174,10 @@ class Args:
     """deterministic evaluation episodes per round"""
     buffer_size: int = 100_000
     """replay buffer capacity (frame stacks)"""
+
+    # to be filled in runtime
+    la_dim: int = 0
+    """latent action dimension (computed)"""
 
 
 class DataError(Exception):
@@ -173,13 +192,14 @@ def is_metaworld(env_id: str) -> bool:
 DMC_ALIASES = {"cup_catch": ("ball_in_cup", "catch"), "cheetah_run_backward": ("cheetah", "run_backward")}
 
 
-def official_overrides(env_id: str):
-    """(ft_updates, ft_wm_coef, wm_online_lr) of the official run_online.py; -2 means ceil(agent_step / 256).
-    The official code hard-codes 100 / 1e-3 / 1e-3 for reacher_* and jaco_*; for Metaworld (no code released) we use the
-    same values (our guess, ../shared/spec/algorithm.md §10.15)."""
+def official_online_schedule(env_id: str):
+    """The official run_online.py's per-task online settings, in one place: L_ft updates per round (a function of the
+    agent step), weight of the dynamics term, learning rate of w. reacher_* and jaco_*: 100, 1e-3, 1e-3; the other DMC
+    tasks: ceil(agent_step / 256), 1e-5, 1e-5. Metaworld (no official code): the reacher values (our guess,
+    ../shared/spec/algorithm.md section 10.15)."""
     if env_id.startswith(("reacher", "jaco")) or is_metaworld(env_id):
-        return 100, 1e-3, 1e-3
-    return -2, 1e-5, 1e-5
+        return dict(ft_updates=lambda agent_step: 100, ft_wm_coef=1e-3, wm_online_lr=1e-3)
+    return dict(ft_updates=lambda agent_step: math.ceil(agent_step / 256), ft_wm_coef=1e-5, wm_online_lr=1e-5)
 
 
 def check_env_id(env_id: str):
@@ -453,9 +473,9 @@ class VideoData:
     def sample(self, batch_size, rng):
         return self.valid[rng.integers(0, len(self.valid), size=batch_size)]
 
-    def pairs(self, idx, device):
-        """-> obs_t, obs_tp1: [B, 9, 64, 64] uint8 on device."""
-        return torch.from_numpy(self.obs[idx]).to(device), torch.from_numpy(self.obs[idx + 1]).to(device)
+    def windows(self, idx, device):
+        """pair starts [B] -> windows (o_t, o_{t+1}) [B, 2, 9, 64, 64] uint8 on device."""
+        return torch.from_numpy(self.obs[idx[:, None] + np.arange(2)]).to(device)
 
 
 def load_videos(video_dir, env_id, max_transitions=0, max_gb=16.0):
@@ -507,9 +527,8 @@ class ReplayBuffer:
         valid = np.flatnonzero(~self.done)
         valid = valid[valid != newest]
         idx = valid[rng.integers(0, len(valid), size=batch_size)]
-        nxt = (idx + 1) % self.capacity
-        to = lambda x: torch.from_numpy(x).to(device)  # noqa: E731
-        return to(self.obs[idx]), to(self.obs[nxt]), to(self.act[idx])  # [B, 9, 64, 64] x2 uint8, [B, A] float
+        window = self.obs[np.stack([idx, (idx + 1) % self.capacity], 1)]  # (o_t, o_{t+1}): [B, 2, 9, 64, 64] uint8
+        return torch.from_numpy(window).to(device), torch.from_numpy(self.act[idx]).to(device)  # and a_t [B, A]
 
 
 # ----------------------------------------------------------------------------- networks (in the order they are trained)
@@ -521,15 +540,38 @@ def orthogonal_init(m):
             nn.init.zeros_(m.bias)
 
 
-def random_shift(x, pad):
-    """DrQ random shift: replicate-pad by `pad`, then crop back at a random integer offset per sample. [B, C, H, W] float."""
+def random_shift(x, pad=4, bilinear=True):
+    """Random shift by an integer offset in [0, 2 pad] per sample and axis, of the replicate-padded image [B, C, H, H].
+    bilinear=True is the official `RandomShiftsAug_nobinliear` (utils.py of both official repos): `grid_sample`
+    (bilinear, zero padding, align_corners=False) on the grid linspace(-1, 1, H + 2 pad)[:H] + shift * 2 / (H + 2 pad - 1),
+    which lands between pixel centres: a (H+2p)/(H+2p-1) zoom, a half-pixel blur and a thin dark border.
+    bilinear=False: DrQ's exact integer crop of the padded image."""
     b, _, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")  # [B, C, H+2p, W+2p]
-    off = torch.randint(0, 2 * pad + 1, (b, 2), device=x.device)
-    rows = (off[:, 0:1] + torch.arange(h, device=x.device))[:, :, None]  # [B, H, 1]
-    cols = (off[:, 1:2] + torch.arange(w, device=x.device))[:, None, :]  # [B, 1, W]
-    batch = torch.arange(b, device=x.device)[:, None, None]
-    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)  # [B, H, W, C] -> [B, C, H, W]
+    assert h == w, "random_shift expects square images"
+    x = F.pad(x, (pad, pad, pad, pad), mode="replicate")  # [B, C, H+2p, H+2p]
+    shift = torch.randint(0, 2 * pad + 1, (b, 1, 1, 2), device=x.device)  # (x, y) offset per sample
+    if not bilinear:
+        cols = torch.arange(w, device=x.device)[None, None, :] + shift[..., 0]  # [B, 1, W]
+        rows = torch.arange(h, device=x.device)[None, :, None] + shift[..., 1]  # [B, H, 1]
+        return x[torch.arange(b, device=x.device)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)  # [B, C, H, W]
+    n = h + 2 * pad
+    base = torch.linspace(-1.0, 1.0, n, device=x.device, dtype=x.dtype)[:h]
+    grid = torch.stack([base[None, :].expand(h, h), base[:, None].expand(h, h)], -1)  # [H, W, (x, y)]
+    grid = grid[None] + shift.to(x.dtype) * (2.0 / (n - 1))  # [B, H, W, 2]
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+class ResidualBlock(nn.Module):
+    """x + conv(relu(conv(relu(x)))), the IMPALA residual block (hidden width optional, as in LAPO's U-Net)."""
+
+    def __init__(self, channels, hidden=None):
+        super().__init__()
+        hidden = hidden or channels
+        self.conv0 = nn.Conv2d(channels, hidden, 3, padding=1)
+        self.conv1 = nn.Conv2d(hidden, channels, 3, padding=1)
+
+    def forward(self, x):
+        return x + self.conv1(F.relu(self.conv0(F.relu(x))))
 
 
 class Encoder(nn.Module):
@@ -566,151 +608,157 @@ class ProtoSSL(nn.Module):
         return [p for m in (self.encoder, self.projector, self.predictor, self.protos) for p in m.parameters()]
 
 
-class ImpalaResBlock(nn.Module):
-    def __init__(self, channels):
+class ConvSequence(nn.Module):
+    """IMPALA stage: conv 3x3 -> maxpool 3x3 s2 -> 2 residual blocks (halves H and W)."""
+
+    def __init__(self, in_ch, out_ch):
         super().__init__()
-        self.conv0 = nn.Conv2d(channels, channels, 3, padding=1)
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.res0, self.res1 = ResidualBlock(out_ch), ResidualBlock(out_ch)
 
     def forward(self, x):
-        return x + self.conv1(F.relu(self.conv0(F.relu(x))))
+        return self.res1(self.res0(F.max_pool2d(self.conv(x), 3, stride=2, padding=1)))
 
 
-def conv_sequence(in_channels, out_channels):
-    """IMPALA ConvSequence: conv -> maxpool 3x3 stride 2 (halves H, W) -> 2 residual blocks."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, padding=1),
-        nn.MaxPool2d(3, stride=2, padding=1),
-        ImpalaResBlock(out_channels),
-        ImpalaResBlock(out_channels),
-    )
+class ImpalaTrunk(nn.Module):
+    """[B, C_in, S, S] -> [B, out]: 3 ConvSequences (16, 32, 32) x scale -> flatten -> relu -> 256 -> relu -> out."""
+
+    def __init__(self, in_ch, out_dim, scale=4, size=32):
+        super().__init__()
+        chans = [in_ch] + [c * scale for c in (16, 32, 32)]
+        self.convs = nn.Sequential(*[ConvSequence(a, b) for a, b in zip(chans[:-1], chans[1:])])
+        self.head = nn.Sequential(nn.Flatten(), nn.ReLU(), nn.Linear(chans[-1] * (size // 8) ** 2, 256), nn.ReLU(),
+                                  nn.Linear(256, out_dim))
+
+    def forward(self, x):
+        return self.head(self.convs(x))
 
 
 class VectorQuantizerEMA(nn.Module):
-    """EMA-codebook VQ as in LAPO (github.com/schmidtdominik/LAPO lapo/models.py VQEmbeddingEMA): the 128-d latent is
-    read as [num_codebooks, dim, num_latents]; each dim-vector is snapped to its nearest code of its codebook."""
+    """VQ bottleneck with EMA codebooks, as in LAPO (github.com/schmidtdominik/LAPO lapo/models.py VQEmbeddingEMA).
+    la [B, N*D*H] is read, as in the official code, as N codebooks x D dims x H latents; each of the N*H D-vectors is
+    replaced by its nearest code of its codebook. Returns la_q (straight-through), the commitment loss
+    beta_c ||la - sg(e)||^2 (already weighted) and the perplexity of code usage (summed over codebooks)."""
 
-    def __init__(self, num_codebooks=2, num_latents=4, dim=16, num_codes=64, decay=0.999, eps=1e-5):
+    def __init__(self, num_codebooks=2, num_latents=4, dim=16, num_codes=64, commitment=0.05, decay=0.999, eps=1e-5):
         super().__init__()
-        self.n, self.h, self.d, self.k, self.decay, self.eps = num_codebooks, num_latents, dim, num_codes, decay, eps
-        codes = torch.empty(num_codebooks, num_codes, dim).uniform_(-5.0 / num_codes, 5.0 / num_codes)
-        self.register_buffer("codebook", codes)  # [N, K, D]
-        self.register_buffer("ema_count", torch.zeros(num_codebooks, num_codes))  # [N, K]
-        self.register_buffer("ema_sum", codes.clone())  # [N, K, D]
+        self.n, self.h, self.d, self.k = num_codebooks, num_latents, dim, num_codes
+        self.commitment, self.decay, self.eps = commitment, decay, eps
+        init = torch.empty(num_codebooks, num_codes, dim).uniform_(-5 / num_codes, 5 / num_codes)
+        self.register_buffer("codebook", init)  # e: [N, K, D]
+        self.register_buffer("ema_count", torch.zeros(num_codebooks, num_codes))  # c: [N, K]
+        self.register_buffer("ema_weight", init.clone())  # m: [N, K, D]
 
     def forward(self, la):
         b = la.shape[0]
         x = la.view(b, self.n, self.d, self.h).permute(1, 0, 3, 2).reshape(self.n, b * self.h, self.d)  # [N, B*H, D]
-        dist = (x.pow(2).sum(-1, keepdim=True) - 2 * x @ self.codebook.transpose(1, 2) + self.codebook.pow(2).sum(-1)[:, None])
-        onehot = F.one_hot(dist.argmin(-1), self.k).type_as(x)  # [N, B*H, K]
-        quant = onehot @ self.codebook  # [N, B*H, D], nearest codewords (before this batch's EMA update)
-        if self.training:  # EMA codebook update (no codebook loss), with Laplace smoothing of the counts
+        x_ = x.detach()
+        dist = (x_**2).sum(-1, keepdim=True) - 2 * x_ @ self.codebook.transpose(1, 2) + (self.codebook**2).sum(-1)[:, None]
+        onehot = F.one_hot(dist.argmin(-1), self.k).type(x.dtype)  # [N, B*H, K]
+        quantized = onehot @ self.codebook  # [N, B*H, D]: nearest codes (before this batch's EMA update)
+        if self.training:  # EMA codebook update: c <- g c + (1-g) n_k ; Laplace smoothing ; m <- g m + (1-g) sum x
             with torch.no_grad():
                 self.ema_count.mul_(self.decay).add_((1 - self.decay) * onehot.sum(1))
                 total = self.ema_count.sum(-1, keepdim=True)
                 self.ema_count.copy_((self.ema_count + self.eps) / (total + self.k * self.eps) * total)
-                self.ema_sum.mul_(self.decay).add_((1 - self.decay) * onehot.transpose(1, 2) @ x)  # [N, K, D]
-                self.codebook.copy_(self.ema_sum / self.ema_count[..., None])
-        quant = quant.view(self.n, b, self.h, self.d).permute(1, 0, 3, 2).reshape(b, -1)  # back to [B, N*D*H]
-        commitment = F.mse_loss(la, quant.detach())
-        la_q = la + (quant - la).detach()  # straight-through estimator
+                self.ema_weight.mul_(self.decay).add_((1 - self.decay) * onehot.transpose(1, 2) @ x_)
+                self.codebook.copy_(self.ema_weight / self.ema_count[..., None])
+        quantized = quantized.view(self.n, b, self.h, self.d).permute(1, 0, 3, 2).reshape(b, -1)  # [B, N*D*H]
+        commit = self.commitment * F.mse_loss(la, quantized.detach())  # beta_c ||la - sg(e)||^2, no codebook loss
+        la_q = la + (quantized - la).detach()  # straight-through: la_q = la + sg(e - la)
         usage = onehot.mean(1)  # [N, K]
         perplexity = torch.exp(-(usage * torch.log(usage + 1e-10)).sum(-1)).sum()
-        return la_q, commitment, perplexity
+        return la_q, commit, perplexity
 
 
 class IDM(nn.Module):
-    """p: (f(o_t), f(o_{t+1})) -> IMPALA trunk -> la in R^128 (pre-VQ) -> VQ -> la_q."""
+    """p: features of (o_t, o_{t+1}) [B, 2C, 32, 32] -> pre-VQ latent action la [B, 128], plus the VQ."""
 
-    def __init__(self, feat_shape, scale=4, la_dim=128, vq_decay=0.999):
+    def __init__(self, args, feat_shape):
         super().__init__()
-        c, h, w = feat_shape
-        chans, layers, in_ch = [16 * scale, 32 * scale, 32 * scale], [], 2 * c
-        for ch in chans:
-            layers.append(conv_sequence(in_ch, ch))
-            in_ch, h, w = ch, (h + 1) // 2, (w + 1) // 2  # 32 -> 16 -> 8 -> 4
-        head = [nn.Flatten(), nn.ReLU(), nn.Linear(in_ch * h * w, 256), nn.ReLU(), nn.Linear(256, la_dim)]  # 2048 -> 128
-        self.trunk = nn.Sequential(*layers, *head)
-        self.vq = VectorQuantizerEMA(decay=vq_decay)
+        c, size, _ = feat_shape
+        self.trunk = ImpalaTrunk(2 * c, args.la_dim, scale=args.impala_scale, size=size)
+        self.vq = VectorQuantizerEMA(args.vq_num_codebooks, args.vq_num_latents, args.vq_dim, args.vq_num_codes,
+                                     args.vq_commitment, args.vq_decay)
 
-    def forward(self, feat_t, feat_tp1):
-        la = self.trunk(torch.cat([feat_t, feat_tp1], dim=1))  # [B, 2C, 32, 32] -> [B, 128]
-        la_q, commitment, perplexity = self.vq(la)
-        return la, la_q, commitment, perplexity
+    def latent_action(self, window_feats):
+        """pre-VQ la: [B, 2, C, H, W] -> [B, 2C, H, W] -> [B, la_dim] (what pi clones and d decodes)"""
+        return self.trunk(window_feats.flatten(1, 2))
+
+    def forward(self, window_feats):
+        la = self.latent_action(window_feats)
+        la_q, commit, perplexity = self.vq(la)
+        return la, la_q, commit, perplexity
 
 
-class ResBlock(nn.Module):
-    """U-Net residual block: x + Conv3x3(ReLU(Conv3x3(ReLU x))) with hidden width channels/2."""
+class UNetBlock(nn.Module):
+    """conv (or transposed conv, x2 upsampling) -> batchnorm -> residual (hidden = out/2) -> [maxpool] -> relu."""
 
-    def __init__(self, channels):
+    def __init__(self, in_ch, out_ch, up=False, pool=False):
         super().__init__()
-        hidden = channels // 2
-        self.block = nn.Sequential(
-            nn.ReLU(), nn.Conv2d(channels, hidden, 3, padding=1), nn.ReLU(), nn.Conv2d(hidden, channels, 3, padding=1)
-        )
+        conv = nn.ConvTranspose2d(in_ch, out_ch, 2, stride=2) if up else nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.net = nn.Sequential(conv, nn.BatchNorm2d(out_ch), ResidualBlock(out_ch, out_ch // 2))
+        self.pool = pool
 
     def forward(self, x):
-        return x + self.block(x)
+        x = self.net(x)
+        return F.relu(F.max_pool2d(x, 2) if self.pool else x)
 
 
 class WorldModel(nn.Module):
-    """w: LAPO's U-Net run on encoder features: (f(o_t), la_q) -> prediction of f(o_{t+1}) (in [-0.5, 0.5] with tanh).
+    """w: U-Net from context features [B, C_ctx, S, S] and la_q [B, la_dim] to the next features [B, C, S, S].
     la_q enters twice: tiled over the input, and in place of the deepest skip connection at the 1x1 bottleneck."""
 
-    def __init__(self, feat_shape, la_dim=128, scale=24, tanh=True):
+    def __init__(self, ctx_ch, out_ch, la_dim, size=64, base=24, tanh=True):
         super().__init__()
         self.tanh = tanh
-        c, h, _ = feat_shape
-        widths = [scale * 2**i for i in range(int(math.log2(h)) - 1)]  # 32 px features: [24, 48, 96, 192], 32 -> 2 px
-        self.down, in_ch = nn.ModuleList(), c + la_dim
-        for wd in widths:
-            conv = nn.Conv2d(in_ch, wd, 3, padding=1)
-            self.down.append(nn.Sequential(conv, nn.BatchNorm2d(wd), ResBlock(wd), nn.MaxPool2d(2), nn.ReLU()))  # halves H, W
-            in_ch = wd
-        self.middle = nn.Conv2d(in_ch, 2 * in_ch, 2)  # [B, 192, 2, 2] -> [B, 384, 1, 1]
-        self.up, in_ch = nn.ModuleList(), 2 * in_ch + la_dim
-        for wd, skip in zip(widths[::-1] + [widths[0]], widths[::-1] + [0]):  # out widths 192, 96, 48, 24, 24
-            upconv = nn.ConvTranspose2d(in_ch, wd, 2, stride=2)  # doubles H, W
-            self.up.append(nn.Sequential(upconv, nn.BatchNorm2d(wd), ResBlock(wd), nn.ReLU()))
-            in_ch = wd + skip
-        head_in = nn.Conv2d(in_ch + c, scale, 3, padding=1)  # on concat(up-path output, f(o_t))
-        self.head = nn.Sequential(head_in, ResBlock(scale), nn.ReLU(), nn.Conv2d(scale, c, 1))
+        levels = int(np.log2(size)) - 1  # pooled down to 2x2, e.g. 64 -> 32 -> 16 -> 8 -> 4 -> 2 (5 levels)
+        widths = [base * 2**i for i in range(levels)]  # 24, 48, 96, 192, 384
+        ins = [ctx_ch + la_dim] + widths[:-1]
+        self.down = nn.ModuleList([UNetBlock(a, b, pool=True) for a, b in zip(ins, widths)])
+        self.bottleneck = nn.Conv2d(widths[-1], 2 * widths[-1], 2)  # 2x2 -> 1x1
+        up_in = [2 * widths[-1] + la_dim] + [2 * w for w in reversed(widths)]  # input = cat(previous, skip)
+        up_out = list(reversed(widths)) + [widths[0]]  # 384, 192, 96, 48, 24, 24
+        self.up = nn.ModuleList([UNetBlock(a, b, up=True) for a, b in zip(up_in, up_out)])
+        self.head = nn.Sequential(nn.Conv2d(widths[0] + ctx_ch, base, 3, padding=1), ResidualBlock(base, base // 2),
+                                  nn.ReLU(), nn.Conv2d(base, out_ch, 1))
 
-    def forward(self, feat, la_q):
-        b, _, h, w = feat.shape
-        x, skips = torch.cat([feat, la_q[:, :, None, None].expand(b, -1, h, w)], dim=1), []  # [B, C+128, 32, 32]
+    def forward(self, ctx, la_q):
+        s = ctx.shape[-1]
+        x = torch.cat([ctx, la_q[:, :, None, None].expand(-1, -1, s, s)], 1)  # [B, C_ctx + la_dim, S, S]
+        skips = []
         for block in self.down:
             x = block(x)
-            skips.append(x)  # [B, 24, 16, 16] ... [B, 192, 2, 2]
-        x = torch.cat([self.middle(x), la_q[:, :, None, None]], dim=1)  # [B, 384 + 128, 1, 1]
-        for block, skip in zip(self.up, skips[::-1] + [None]):
+            skips.append(x)
+        x = torch.cat([self.bottleneck(x), la_q[:, :, None, None]], 1)  # [B, 2*w_top + la_dim, 1, 1]
+        for i, block in enumerate(self.up):
             x = block(x)
-            x = x if skip is None else torch.cat([x, skip], dim=1)
-        out = self.head(torch.cat([x, feat], dim=1))  # [B, C, 32, 32]
+            if i < len(skips):
+                x = torch.cat([x, skips[-1 - i]], 1)
+        out = self.head(torch.cat([x, ctx], 1))
         return torch.tanh(out) / 2 if self.tanh else out  # official: bounded to [-0.5, 0.5] (the targets are not)
 
 
 class LatentPolicy(nn.Module):
     """pi: its own frozen copy of f -> DrQ-v2 actor trunk (Linear -> 50, LayerNorm, Tanh) -> MLP -> latent action (128)."""
 
-    def __init__(self, encoder, feat_dim, hidden=1024, la_dim=128):
+    def __init__(self, encoder, args, feat_dim):
         super().__init__()
         self.encoder = copy.deepcopy(encoder).requires_grad_(False)
-        self.trunk = nn.Sequential(nn.Linear(feat_dim, 50), nn.LayerNorm(50), nn.Tanh())
-        self.head = nn.Sequential(
-            nn.Linear(50, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, la_dim)
-        )
+        hidden = args.policy_hidden
+        self.trunk = nn.Sequential(nn.Linear(feat_dim, 50), nn.LayerNorm(50), nn.Tanh(), nn.Linear(50, hidden), nn.ReLU(),
+                                   nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, args.la_dim))
 
     def forward(self, obs):
         with torch.no_grad():
-            feat = self.encoder(obs).flatten(1)  # [B, C, 32, 32] -> [B, C*32*32]
-        return self.head(self.trunk(feat))
+            feats = self.encoder(obs)
+        return self.trunk(feats.flatten(1))  # [B, C, 32, 32] -> [B, C*32*32] -> [B, 128]
 
 
-def make_decoder(act_dim, la_dim=128):
-    """d: latent action -> action mean (no tanh; actions are clipped when acting)."""
-    layers = [nn.Linear(la_dim, 192), nn.ReLU(), nn.Linear(192, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU()]
-    return nn.Sequential(*layers, nn.Linear(64, act_dim))
+def make_decoder(la_dim, act_dim):
+    """d: latent action [B, 128] -> action mean [B, A] (no tanh; actions are clipped when acting)."""
+    return nn.Sequential(nn.Linear(la_dim, 192), nn.ReLU(), nn.Linear(192, 128), nn.ReLU(), nn.Linear(128, 64),
+                         nn.ReLU(), nn.Linear(64, act_dim))
 
 
 # ----------------------------------------------------------------------------- losses
@@ -730,12 +778,12 @@ def sinkhorn_knopp(scores, temperature, iters):
     return (q / q.sum(dim=0, keepdim=True)).T
 
 
-def proto_temporal_loss(ssl, obs_t, obs_tp1, pad, temperature, iters):
+def proto_temporal_loss(ssl, window, pad, temperature, iters, bilinear=True):
     # Eq. L_lf (DMControl) in the paper (poster): L_lf = -y_{i+1} log x_i  ("Eq. 10" of the appendix), where x_i is the
     # prototype softmax of aug(o_t) (online branch) and y_{i+1} the Sinkhorn assignment of aug'(o_{t+1}) (target branch).
     with torch.no_grad():
         ssl.protos.weight.copy_(F.normalize(ssl.protos.weight, dim=1))  # prototypes stay on the unit sphere
-    x, x_next = random_shift(obs_t.float(), pad), random_shift(obs_tp1.float(), pad)  # [B, 9, 64, 64] each
+    x, x_next = (random_shift(window[:, i].float(), pad, bilinear) for i in (0, 1))  # [B, 9, 64, 64] each
     s = F.normalize(ssl.predictor(ssl.projector(ssl.encoder(x).flatten(1))), dim=1)  # [B, 128]
     log_x = F.log_softmax(ssl.protos(s) / temperature, dim=1)  # [B, K]
     with torch.no_grad():
@@ -745,40 +793,46 @@ def proto_temporal_loss(ssl, obs_t, obs_tp1, pad, temperature, iters):
 
 
 @torch.no_grad()
-def soft_update(target, online, tau):
-    for pt, po in zip(target.parameters(), online.parameters()):
-        pt.lerp_(po, tau)
+def soft_update(target, source, tau):
+    for t, s in zip(target.parameters(), source.parameters()):
+        t.lerp_(s, tau)
 
 
-def latent_action_loss(f, p, w, obs_t, obs_tp1, commit_coef):
-    # Eq. L_la in the paper (poster): ||w(s_i, z_i^vq) - s_{i+1}||^2, plus the VQ commitment term (f frozen).
+def encode_window(encoder, window):
+    """frames [B, T, ...] -> f-features [B, T, C, H, W] under no-grad (f is frozen after stage 1)."""
     with torch.no_grad():
-        s_t, s_tp1 = f(obs_t), f(obs_tp1)  # [B, C, 32, 32]
-    la, la_q, commitment, perplexity = p(s_t, s_tp1)
-    wm_loss = F.mse_loss(w(s_t, la_q), s_tp1)
-    info = dict(wm_loss=wm_loss.item(), commitment=commitment.item(), vq_perplexity=perplexity.item())
-    return wm_loss + commit_coef * commitment, info
+        return encoder(window.flatten(0, 1)).unflatten(0, window.shape[:2])
 
 
-def latent_bc_loss(pi, f, p, obs_t, obs_tp1):
-    # Eq. L_bc in the paper (poster): ||pi(s_i) - z_i||^2 onto p's pre-VQ latent action (p in eval mode: no VQ EMA update).
+def latent_dynamics_loss(idm, wm, feats):
+    """Eq. L_la (poster): ||w(s_t, z^vq) - sg s_{t+1}||^2 + commitment, on f-features [B, 2, C, H, W].
+    Returns (loss, pre-VQ la, VQ perplexity)."""
+    la, la_q, commit, perplexity = idm(feats)
+    pred = wm(feats[:, :-1].flatten(1, 2), la_q)  # context: f(o_t)
+    return F.mse_loss(pred, feats[:, -1]) + commit, la, perplexity
+
+
+def bc_loss(policy, idm, window, feats):
+    """Eq. L_bc (poster): ||pi(o_t) - sg z_t||^2 with z_t = p's pre-VQ latent action of the window."""
     with torch.no_grad():
-        la = p(f(obs_t), f(obs_tp1))[0]  # [B, 128]
-    return F.mse_loss(pi(obs_t), la)
+        target = idm.latent_action(feats)
+    return F.mse_loss(policy(window[:, -2]), target)  # o_t, the frame before the transition
 
 
-def finetune_loss(f, p, w, d, obs_t, obs_tp1, actions, wm_coef, commit_coef, finetune_p=True):
-    # Eq. L_ft in the paper (poster), continuous form: ||d(z_t) - a_t||^2 + alpha [||w(s_t, z_t^vq) - s_{t+1}||^2 + 0.05 c]
-    # (MSE replaces the poster's cross-entropy for continuous actions; d reads the pre-VQ latent, w the quantised one).
-    with torch.no_grad():
-        s_t, s_tp1 = f(obs_t), f(obs_tp1)
-    with torch.set_grad_enabled(finetune_p):
-        la, la_q, commitment, _ = p(s_t, s_tp1)
-    action_loss = F.mse_loss(d(la), actions)
-    dyn_loss = torch.zeros((), device=actions.device)
-    if finetune_p and wm_coef > 0:
-        dyn_loss = F.mse_loss(w(s_t, la_q), s_tp1) + commit_coef * commitment
-    return action_loss + wm_coef * dyn_loss, dict(action_mse=action_loss.item(), dynamics=dyn_loss.item())
+def finetune_loss(idm, wm, decoder, feats, actions, wm_coef, finetune_idm=True):
+    """Eq. L_ft (poster), continuous form: ||d(z_t) - a_t||^2 + alpha ||w(s_t, z^vq_t) - s_{t+1}||^2 (+ commitment) on
+    the agent's transitions (MSE replaces the poster's cross-entropy for continuous actions).
+    Returns (loss, action term, dynamics term). finetune_idm=False (ablation): p is fixed, only d's action term is
+    computed (no backward pass through p or w). One pass of p serves both terms (the official code runs p twice)."""
+    if not finetune_idm:
+        with torch.no_grad():
+            la = idm.latent_action(feats)
+        action_loss = F.mse_loss(decoder(la), actions)
+        return action_loss, action_loss, torch.zeros_like(action_loss)
+    dyn, la, _ = latent_dynamics_loss(idm, wm, feats)
+    action_loss = F.mse_loss(decoder(la), actions)
+    return action_loss + wm_coef * dyn, action_loss, dyn
+
 
 
 def explore(mu, std, low, high, rng):
@@ -787,43 +841,46 @@ def explore(mu, std, low, high, rng):
 
 
 @torch.no_grad()
-def act(pi, d, obs, device):
+def act(policy, decoder, obs, device):
     """Deterministic action mean d(pi(o)) for one [9, 64, 64] uint8 observation."""
-    return d(pi(torch.from_numpy(obs[None]).to(device)))[0].cpu().numpy()
-
-
-def latent_action_probe(f, p, videos, device, rng, n=4096, steps=300):
-    """DIAGNOSTIC ONLY (reads expert actions `ta`, trains nothing that is used later): fit a fresh MLP from p's latent
-    actions to the true actions on half of n video pairs; return its MSE on the other half and the MSE of the mean action."""
-    idx, las = videos.sample(n, rng), []
-    with torch.no_grad():
-        for i in range(0, n, 256):
-            o_t, o_tp1 = videos.pairs(idx[i : i + 256], device)
-            las.append(p(f(o_t), f(o_tp1))[0])
-    la, ta = torch.cat(las), torch.from_numpy(videos.ta[idx]).to(device)
-    half = n // 2
-    probe = nn.Sequential(nn.Linear(la.shape[1], 128), nn.ReLU(), nn.Linear(128, ta.shape[1])).to(device)
-    opt = torch.optim.AdamW(probe.parameters(), lr=1e-3)
-    for _ in range(steps):
-        j = torch.randint(0, half, (min(128, half),), device=device)
-        loss = F.mse_loss(probe(la[j]), ta[j])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        mean_action = ta[:half].mean(0).expand_as(ta[half:])
-        return F.mse_loss(probe(la[half:]), ta[half:]).item(), F.mse_loss(mean_action, ta[half:]).item()
+    return decoder(policy(torch.from_numpy(obs[None]).to(device)))[0].cpu().numpy()
 
 
 @torch.no_grad()
-def evaluate(env, pi, d, device, episodes, video_path=None):
+def probe_latent_actions(idm, encoder, videos, device, n=4096, steps=300, seed=0):
+    """Diagnostic only (expert actions are never used for training): fit a fresh MLP from p's latent actions to the
+    true actions a_t on half of n video pairs; return its MSE on the other half and the MSE of the mean action. Uses its
+    own random state, so that running it does not change the training run."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        idx = videos.sample(n, np.random.default_rng(seed))
+        was_training = idm.training
+        idm.eval()
+        las = torch.cat([idm.latent_action(encode_window(encoder, videos.windows(i, device))) for i in np.split(idx, range(256, n, 256))])
+        idm.train(was_training)
+        ta, half = torch.from_numpy(videos.ta[idx]).to(device), n // 2
+        probe = nn.Sequential(nn.Linear(las.shape[1], 128), nn.ReLU(), nn.Linear(128, ta.shape[1])).to(device)
+        opt = torch.optim.AdamW(probe.parameters(), lr=1e-3)
+        with torch.enable_grad():
+            for _ in range(steps):
+                j = torch.randint(0, half, (min(128, half),), device=device)
+                loss = F.mse_loss(probe(las[j]), ta[j])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        mean_action = ta[:half].mean(0).expand_as(ta[half:])
+        return F.mse_loss(probe(las[half:]), ta[half:]).item(), F.mse_loss(mean_action, ta[half:]).item()
+
+
+@torch.no_grad()
+def evaluate(env, policy, decoder, device, episodes, video_path=None):
     """Deterministic episodes with a = clip(d(pi(o))). Returns (returns, successes); writes episode 0 to video_path (mp4)."""
     returns, successes, frames = [], [], []
     for ep in range(episodes):
         obs, _ = env.reset()
         done, ep_return, success = False, 0.0, False
         while not done:
-            action = np.clip(act(pi, d, obs, device), env.action_space.low, env.action_space.high)
+            action = np.clip(act(policy, decoder, obs, device), env.action_space.low, env.action_space.high)
             obs, reward, terminated, truncated, info = env.step(action)
             ep_return, success, done = ep_return + reward, success or info.get("success", 0) > 0, terminated or truncated
             if video_path and ep == 0:
@@ -841,197 +898,189 @@ def evaluate(env, pi, d, device, episodes, video_path=None):
     return np.array(returns), np.array(successes)
 
 
-def build_networks(args, act_dim, device):
-    f = Encoder(9, args.encoder_channels).to(device)
-    feat_shape = tuple(f(torch.zeros(1, 9, 64, 64, device=device)).shape[1:])  # (C, 32, 32)
-    p = IDM(feat_shape, args.impala_scale, vq_decay=args.vq_decay).to(device)
-    w = WorldModel(feat_shape, scale=args.wm_scale, tanh=args.wm_tanh).to(device)
-    return f, feat_shape, p, w, make_decoder(act_dim).to(device)
-
-
-def count(module):
-    return f"{sum(x.numel() for x in module.parameters()) / 1e6:.2f}M"
-
-
 if __name__ == "__main__":
     args = tyro.cli(Args)
+    args.la_dim = args.vq_num_codebooks * args.vq_num_latents * args.vq_dim
+    metaworld_task = is_metaworld(args.env_id)
+    # the official per-task defaults, resolved here once, so that results.json records the values actually used
+    args.action_repeat = args.action_repeat if args.action_repeat > 0 else (1 if metaworld_task else 2)
+    args.total_timesteps = args.total_timesteps if args.total_timesteps > 0 else (50_000 if metaworld_task else 100_000)
+    official = official_online_schedule(args.env_id)  # the L_ft schedule, unless set by the flags
+    for key in ("ft_wm_coef", "wm_online_lr"):
+        setattr(args, key, official[key] if getattr(args, key) is None else getattr(args, key))
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    wall = {"ssl": 0.0, "lam": 0.0, "bc": 0.0, "online": 0.0, "eval": 0.0}
+
+    # TRY NOT TO MODIFY: seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    if args.num_threads > 0:
+        torch.set_num_threads(args.num_threads)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    rng = np.random.default_rng(args.seed)  # training samples; diagnostics draw from their own generators
+
+    # expert videos: the only supervision. `ta` is read for diagnostics only and never reaches a loss.
+    video_env_ids = tuple(args.video_env_ids) or (args.env_id,)
     try:
-        # resolve the "-1 = official default" flags, so that results.json records the values actually used
-        metaworld_task = is_metaworld(args.env_id)
-        args.action_repeat = args.action_repeat if args.action_repeat > 0 else (1 if metaworld_task else 2)
-        args.total_timesteps = args.total_timesteps if args.total_timesteps > 0 else (50_000 if metaworld_task else 100_000)
-        ft_default, coef_default, wm_lr_default = official_overrides(args.env_id)
-        args.ft_updates = args.ft_updates if args.ft_updates != -1 else ft_default
-        args.ft_wm_coef = args.ft_wm_coef if args.ft_wm_coef >= 0 else coef_default
-        args.wm_online_lr = args.wm_online_lr if args.wm_online_lr >= 0 else wm_lr_default
-        video_ids = tuple(args.video_env_ids) or (args.env_id,)
-        for env_id in dict.fromkeys((args.env_id,) + video_ids):
+        for env_id in dict.fromkeys((args.env_id,) + video_env_ids):
             check_env_id(env_id)
-        run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
-        # TRY NOT TO MODIFY: seeding
-        random.seed(args.seed)
-        np.random.seed(args.seed)
-        torch.manual_seed(args.seed)
-        torch.backends.cudnn.deterministic = args.torch_deterministic
-        if args.num_threads > 0:
-            torch.set_num_threads(args.num_threads)
-        device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-        rng = np.random.default_rng(args.seed)
-
-        # data first, so that bad input fails before any renderer starts
         def videos_of(env_id):
-            folder = args.video_dir.format(env_id=env_id)
-            return load_videos(folder, env_id, args.num_video_transitions, args.max_video_memory_gb)
+            return load_videos(args.video_dir.format(env_id=env_id), env_id, args.num_video_transitions,
+                               args.max_video_memory_gb)
 
-        own_videos = videos_of(args.env_id)
+        own_videos = videos_of(args.env_id)  # online re-cloning uses env_id's videos
         offline_videos = own_videos  # multi-task pretraining: the videos of all --video-env-ids, mixed
-        if video_ids != (args.env_id,):
-            offline_videos = VideoData([vars(own_videos) if e == args.env_id else vars(videos_of(e)) for e in video_ids])
+        if video_env_ids != (args.env_id,):
+            offline_videos = VideoData([vars(own_videos) if e == args.env_id else vars(videos_of(e)) for e in video_env_ids])
         need = max(args.lam_batch_size, args.bc_batch_size, args.online_bc_batch_size, args.ssl_encoder * args.ssl_batch_size)
         for name, data in (("env_id", own_videos), ("--video-env-ids", offline_videos)):
             if len(data.valid) < need:
-                raise DataError(
-                    f"only {len(data.valid)} usable frame pairs in the videos of {name}, but a batch needs {need}: "
-                    "record more video or lower the batch sizes"
-                )
-        print(f"videos: {len(own_videos.obs)} frames of {args.env_id}, {len(offline_videos.obs)} for pretraining {video_ids}")
+                raise DataError(f"only {len(data.valid)} usable frame pairs in the videos of {name}, but a batch needs "
+                                f"{need}: record more video or lower the batch sizes")
         ckpt = None
         if args.offline_checkpoint:
             try:
                 ckpt = torch.load(args.offline_checkpoint, map_location=device, weights_only=False)
+                for key in ("encoder_channels", "impala_scale", "wm_scale", "policy_hidden"):  # sizes of the checkpoint
+                    setattr(args, key, ckpt["args"][key])
             except Exception as e:
-                msg = f"{type(e).__name__}: {one_line(e)[:200]}"
-                raise DataError(f"could not load --offline-checkpoint {args.offline_checkpoint} ({msg})")
+                raise DataError(f"could not load --offline-checkpoint {args.offline_checkpoint} "
+                                f"({type(e).__name__}: {one_line(e)[:200]})")
     except DataError as e:
         raise SystemExit(f"error: {e}")
+    print(f"videos: {len(own_videos.obs)} frames of {args.env_id}, {len(offline_videos.obs)} for pretraining {video_env_ids}")
 
+    writer = SummaryWriter(f"runs/{run_name}")
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{k}|{v}|" for k, v in vars(args).items()])))
     if args.track:
         import wandb
 
-        wandb.init(
-            project=args.wandb_project_name,
-            entity=args.wandb_entity,
-            sync_tensorboard=True,
-            config=vars(args),
-            name=run_name,
-            save_code=True,
-        )
-    writer = SummaryWriter(f"runs/{run_name}")
-    writer.add_text(
-        "hyperparameters",
-        "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])),
-    )
-
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=vars(args),
+                   name=run_name, save_code=True)
     env = make_env(args.env_id, args.seed, args.action_repeat, args.max_episode_steps)
-    eval_env = make_env(args.env_id, args.seed + 100, args.action_repeat, args.max_episode_steps)
-    act_dim = env.action_space.shape[0]
-    low, high = env.action_space.low, env.action_space.high
-    if ckpt is not None:  # network sizes come from the checkpoint
-        for key in ("encoder_channels", "impala_scale", "wm_scale", "policy_hidden"):
-            setattr(args, key, ckpt["args"][key])
-    f, feat_shape, p, w, d = build_networks(args, act_dim, device)
+    eval_env = make_env(args.env_id, args.seed, args.action_repeat, args.max_episode_steps)  # official: the same seed
+    act_dim, low, high = env.action_space.shape[0], env.action_space.low, env.action_space.high
+
+    # ALGO LOGIC: networks
+    encoder = Encoder(9, args.encoder_channels).to(device)
+    feat_shape = (args.encoder_channels, 32, 32)
     feat_dim = int(np.prod(feat_shape))
-    pi = LatentPolicy(f, feat_dim, args.policy_hidden).to(device)
-    print(f"parameters: f {count(f)}, p {count(p)}, w {count(w)}, pi {count(pi.trunk)} + {count(pi.head)}, d {count(d)}")
-    wall = {"ssl": 0.0, "lam": 0.0, "bc": 0.0, "online": 0.0, "eval": 0.0}
-    video_return = own_videos.video_return()
-    evals, interrupted, global_step, eval_time, online_start = [], False, 0, 0.0, None
+    idm = IDM(args, feat_shape).to(device)
+    wm = WorldModel(args.encoder_channels, args.encoder_channels, args.la_dim, size=32, base=args.wm_scale,
+                    tanh=args.wm_tanh).to(device)
+    stages_done = 0
+    if ckpt is not None:
+        encoder.load_state_dict(ckpt["encoder"])
+        idm.load_state_dict(ckpt["idm"])
+        wm.load_state_dict(ckpt["wm"])
+        stages_done = ckpt["stages_done"]
+        print(f"loaded {args.offline_checkpoint}: offline stages 1-{stages_done} done")
+    policy = LatentPolicy(encoder, args, feat_dim).to(device)
+    if stages_done >= 3:
+        policy.load_state_dict(ckpt["policy"])
+    decoder = make_decoder(args.la_dim, act_dim).to(device)
+    for name, net in [("encoder f", encoder), ("IDM p", idm), ("world model w", wm), ("policy pi", policy.trunk),
+                      ("decoder d", decoder)]:
+        print(f"{name}: {sum(p.numel() for p in net.parameters()) / 1e6:.2f}M parameters")
+
+    def save_offline(stage):
+        torch.save({"encoder": encoder.state_dict(), "idm": idm.state_dict(), "wm": wm.state_dict(),
+                    "policy": policy.state_dict(), "stages_done": stage, "args": vars(args)}, f"runs/{run_name}/offline.pt")
+
+    # ===== STAGE 1: SELF-SUPERVISED ENCODER ON VIDEO FRAMES (Proto-RL across time, poster L_lf) =====
+    if stages_done < 1 and args.ssl_encoder:
+        t = time.time()
+        ssl = ProtoSSL(encoder, feat_dim, num_protos=args.num_protos).to(device)
+        optimizer = torch.optim.Adam(ssl.online_parameters(), lr=args.ssl_lr)
+        for step in (pbar := trange(args.ssl_steps, desc="stage 1: encoder SSL (Proto-RL across time)")):
+            window = offline_videos.windows(offline_videos.sample(args.ssl_batch_size, rng), device)  # (o_t, o_{t+1})
+            loss = proto_temporal_loss(ssl, window, args.aug_pad, args.proto_temperature, args.sinkhorn_iters,
+                                       args.bilinear_shift)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            soft_update(ssl.target_encoder, ssl.encoder, args.ssl_tau)  # every step (Proto-RL: every 2nd)
+            soft_update(ssl.target_projector, ssl.projector, args.ssl_tau)
+            if step % 100 == 0 or step == args.ssl_steps - 1:
+                writer.add_scalar("offline/ssl_loss", loss.item(), step)
+                pbar.set_postfix(loss=f"{loss.item():.4f}")
+        del ssl, optimizer
+        wall["ssl"] = time.time() - t
+    encoder.requires_grad_(False)  # f is frozen from here on (random and frozen with --no-ssl-encoder)
+    if stages_done < 1 and args.save_model:
+        save_offline(1)
+
+    # ===== STAGE 2: LATENT ACTIONS FROM VIDEOS: IDM p + VQ + WORLD MODEL w (poster L_la) =====
+    if stages_done < 2:
+        t = time.time()
+        optimizer = torch.optim.AdamW(list(idm.parameters()) + list(wm.parameters()), lr=args.lam_lr)
+        for step in (pbar := trange(args.lam_steps, desc="stage 2: latent action model")):
+            feats = encode_window(encoder, offline_videos.windows(offline_videos.sample(args.lam_batch_size, rng), device))
+            loss, _, perplexity = latent_dynamics_loss(idm, wm, feats)
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(list(idm.parameters()) + list(wm.parameters()), args.lam_grad_clip)
+            optimizer.step()
+            if step % 100 == 0 or step == args.lam_steps - 1:
+                writer.add_scalar("offline/lam_loss", loss.item(), step)
+                writer.add_scalar("offline/vq_perplexity", perplexity.item(), step)
+                pbar.set_postfix(loss=f"{loss.item():.4f}", perplexity=f"{perplexity.item():.1f}")
+            if offline_videos.ta is not None and ((step + 1) % args.probe_every == 0 or step + 1 == args.lam_steps):
+                n_probe = min(args.probe_windows, 2 * len(offline_videos.valid))
+                probe_mse, mean_mse = probe_latent_actions(idm, encoder, offline_videos, device, n=n_probe)
+                writer.add_scalar("diagnostics/latent_action_probe_mse", probe_mse, step)
+                writer.add_scalar("diagnostics/mean_action_mse", mean_mse, step)
+                pbar.write(f"[diagnostic] lam step {step + 1}: probe MSE {probe_mse:.4f}, mean-action MSE {mean_mse:.4f}")
+        wall["lam"] = time.time() - t
+        if args.save_model:
+            save_offline(2)
+
+    # ===== STAGE 3: LATENT BEHAVIOUR CLONING ON THE VIDEOS (poster L_bc) =====
+    idm.eval()  # labels only: no VQ EMA updates
+    if stages_done < 3:
+        t = time.time()
+        bc_optimizer = torch.optim.AdamW(policy.trunk.parameters(), lr=args.bc_lr)
+        policy.encoder.load_state_dict(encoder.state_dict())  # pi's own frozen copy of f
+        for step in (pbar := trange(args.bc_steps, desc="stage 3: latent behaviour cloning")):
+            window = offline_videos.windows(offline_videos.sample(args.bc_batch_size, rng), device)
+            loss = bc_loss(policy, idm, window, encode_window(encoder, window))
+            bc_optimizer.zero_grad()
+            loss.backward()
+            bc_optimizer.step()
+            if step % 100 == 0 or step == args.bc_steps - 1:
+                writer.add_scalar("offline/bc_loss", loss.item(), step)
+                pbar.set_postfix(loss=f"{loss.item():.4f}")
+        wall["bc"] = time.time() - t
+        if args.save_model:
+            save_offline(3)
+            print(f"offline checkpoint saved to runs/{run_name}/offline.pt")
+
+    # ===== STAGE 4: ONLINE, REWARD-FREE: COLLECT, FINE-TUNE LATENT ACTIONS + DECODER, RE-CLONE, EVALUATE =====
+    t_online = time.time()
+    idm_optimizer = torch.optim.Adam(idm.parameters(), lr=args.ft_idm_lr)
+    decoder_optimizer = torch.optim.Adam(decoder.parameters(), lr=args.ft_decoder_lr)
+    wm_optimizer = torch.optim.Adam(wm.parameters(), lr=args.wm_online_lr) if args.wm_online_lr > 0 else None
+    bc_optimizer = torch.optim.Adam(policy.trunk.parameters(), lr=args.online_bc_lr)
+    num_agent_steps = args.total_timesteps // args.action_repeat
+    rb = ReplayBuffer(min(args.buffer_size, 2 * num_agent_steps + 2), env.observation_space.shape, act_dim)
+    diag_idx = own_videos.sample(min(1024, len(own_videos.valid)), np.random.default_rng(args.seed))  # fixed pairs
     eval_csv = Path(f"runs/{run_name}/eval.csv")
+    with open(eval_csv, "w", newline="") as fh:
+        csv.writer(fh).writerow(["env_step", "episodic_return"] + (["success_rate"] if metaworld_task else []))
+    evals, interrupted, global_step = [], False, 0
+    obs, _ = env.reset(seed=args.seed)
+    ep_return, ep_len, ep_success = 0.0, 0, False
     try:
-        if ckpt is not None:
-            f.load_state_dict(ckpt["f"])
-            p.load_state_dict(ckpt["p"])
-            w.load_state_dict(ckpt["w"])
-            pi.load_state_dict(ckpt["pi"])
-            print(f"loaded offline stages from {args.offline_checkpoint}; skipping stages 1-3")
-        else:
-            # ===== STAGE 1: SELF-SUPERVISED ENCODER PRETRAINING ON VIDEOS (Proto-RL across time) =====
-            start = time.time()
-            if args.ssl_encoder:
-                ssl = ProtoSSL(f, feat_dim, num_protos=args.num_protos).to(device)
-                optimizer = torch.optim.Adam(ssl.online_parameters(), lr=args.ssl_lr)
-                for step in trange(args.ssl_steps, desc="stage 1: encoder SSL"):
-                    obs_t, obs_tp1 = offline_videos.pairs(offline_videos.sample(args.ssl_batch_size, rng), device)
-                    loss = proto_temporal_loss(ssl, obs_t, obs_tp1, args.aug_pad, args.proto_temperature, args.sinkhorn_iters)
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
-                    soft_update(ssl.target_encoder, ssl.encoder, args.ssl_tau)  # every step (Proto-RL: every 2nd)
-                    soft_update(ssl.target_projector, ssl.projector, args.ssl_tau)
-                    if step % 100 == 0 or step == args.ssl_steps - 1:
-                        writer.add_scalar("offline/ssl_loss", loss.item(), step)
-                del ssl, optimizer
-            f.requires_grad_(False).eval()  # f is frozen from here on (random and frozen with --no-ssl-encoder)
-            wall["ssl"] = time.time() - start
-
-            # ===== STAGE 2: LATENT ACTION PRETRAINING (IDM p + VQ + world model w, L_la) =====
-            start = time.time()
-            lam_params = list(p.parameters()) + list(w.parameters())
-            optimizer = torch.optim.AdamW(lam_params, lr=args.lam_lr)
-            p.train(), w.train()
-            for step in trange(args.lam_steps, desc="stage 2: latent actions"):
-                obs_t, obs_tp1 = offline_videos.pairs(offline_videos.sample(args.lam_batch_size, rng), device)
-                loss, info = latent_action_loss(f, p, w, obs_t, obs_tp1, args.vq_commitment)
-                optimizer.zero_grad()
-                loss.backward()
-                nn.utils.clip_grad_norm_(lam_params, args.lam_grad_clip)
-                optimizer.step()
-                if step % 100 == 0 or step == args.lam_steps - 1:
-                    writer.add_scalar("offline/lam_loss", loss.item(), step)
-                    for key, value in info.items():
-                        writer.add_scalar(f"offline/{key}", value, step)  # wm_loss, commitment, vq_perplexity
-                last = step == args.lam_steps - 1
-                if offline_videos.ta is not None and (last or (step + 1) % args.probe_every == 0):
-                    p.eval()
-                    n_probe = min(4096, 2 * len(offline_videos.valid))
-                    probe_mse, mean_mse = latent_action_probe(f, p, offline_videos, device, rng, n=n_probe)
-                    p.train()
-                    writer.add_scalar("diagnostics/latent_action_probe_mse", probe_mse, step)
-                    writer.add_scalar("diagnostics/mean_action_mse", mean_mse, step)
-                    print(f"[diagnostic] lam step {step + 1}: probe MSE {probe_mse:.4f}, mean-action MSE {mean_mse:.4f}")
-            wall["lam"] = time.time() - start
-
-            # ===== STAGE 3: OFFLINE LATENT BEHAVIOUR CLONING ("pre-imitation", L_bc) =====
-            start = time.time()
-            pi.encoder.load_state_dict(f.state_dict())  # pi's own frozen copy of the pretrained f
-            optimizer = torch.optim.AdamW([x for x in pi.parameters() if x.requires_grad], lr=args.bc_lr)
-            p.eval()  # no VQ EMA updates while labelling
-            for step in trange(args.bc_steps, desc="stage 3: latent BC"):
-                obs_t, obs_tp1 = offline_videos.pairs(offline_videos.sample(args.bc_batch_size, rng), device)
-                loss = latent_bc_loss(pi, f, p, obs_t, obs_tp1)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                if step % 100 == 0 or step == args.bc_steps - 1:
-                    writer.add_scalar("offline/bc_loss", loss.item(), step)
-            wall["bc"] = time.time() - start
-            if args.save_model:
-                nets = dict(f=f.state_dict(), p=p.state_dict(), w=w.state_dict(), pi=pi.state_dict())
-                torch.save(dict(nets, args=vars(args)), f"runs/{run_name}/offline.pt")
-                print(f"offline checkpoint saved to runs/{run_name}/offline.pt")
-
-        # ===== ONLINE: REWARD-FREE FINE-TUNING (L_ft) + RE-CLONING (L_bc) + EVALUATION =====
-        f.requires_grad_(False).eval()
-        online_start = time.time()
-        num_agent_steps = args.total_timesteps // args.action_repeat
-        rb = ReplayBuffer(min(args.buffer_size, 2 * num_agent_steps + 2), env.observation_space.shape, act_dim)
-        ft_params = list(d.parameters()) + (list(p.parameters()) if args.finetune_latent_actions else [])
-        ft_optimizer = torch.optim.Adam(ft_params, lr=args.ft_lr)
-        wm_optimizer = torch.optim.Adam(w.parameters(), lr=args.wm_online_lr) if args.wm_online_lr > 0 else None
-        bc_optimizer = torch.optim.Adam([x for x in pi.parameters() if x.requires_grad], lr=args.online_bc_lr)
-        diag_idx = own_videos.sample(min(1024, len(own_videos.valid)), rng)  # fixed expert pairs for the decoder diagnostic
-        with open(eval_csv, "w", newline="") as fh:
-            csv.writer(fh).writerow(["env_step", "episodic_return"] + (["success_rate"] if metaworld_task else []))
-        obs, _ = env.reset(seed=args.seed)
-        ep_return, ep_len, ep_success, sps_start = 0.0, 0, False, time.time()
         for agent_step in range(1, num_agent_steps + 1):
-            # ALGO LOGIC: act (uniform random during warm-up, then d(pi(o)) + Gaussian noise, clipped)
+            # (a) collect: uniform-random actions in the warm-up, then clip(d(pi(o_t)) + Gaussian noise)
             if agent_step <= args.warmup_steps:
                 action = env.action_space.sample()
-            else:
-                pi.eval()
-                action = explore(act(pi, d, obs, device), args.expl_std, low, high, rng)
+            else:  # ALGO LOGIC: action logic
+                action = explore(act(policy, decoder, obs, device), args.expl_std, low, high, rng)
+            # TRY NOT TO MODIFY: execute the game and log data.
             next_obs, reward, terminated, truncated, info = env.step(action)
             rb.add(obs, action, False)
             global_step = agent_step * args.action_repeat
@@ -1046,101 +1095,96 @@ if __name__ == "__main__":
                 next_obs, _ = env.reset()
                 ep_return, ep_len, ep_success = 0.0, 0, False
             obs = next_obs
-
             if agent_step % args.iteration_steps != 0 or agent_step <= args.warmup_steps:
                 continue
-            # ALGO LOGIC: (b) fine-tune p, d (and w) on the agent's own transitions with L_ft
-            n_ft = args.ft_updates if args.ft_updates >= 0 else math.ceil(agent_step / 256)
-            p.train(args.finetune_latent_actions), w.train(args.finetune_latent_actions)
-            for _ in range(n_ft):
-                obs_t, obs_tp1, actions = rb.sample(args.ft_batch_size, rng, device)
-                loss, ft_info = finetune_loss(
-                    f, p, w, d, obs_t, obs_tp1, actions, args.ft_wm_coef, args.vq_commitment, args.finetune_latent_actions
-                )
-                ft_optimizer.zero_grad()
-                if wm_optimizer is not None:
-                    wm_optimizer.zero_grad()
+
+            # (b) fine-tune p, w (L_ft) and train the decoder d on the agent's own transitions
+            num_ft = official["ft_updates"](agent_step) if args.ft_updates is None else args.ft_updates
+            idm.train(args.finetune_latent_actions), wm.train(args.finetune_latent_actions)
+            for _ in range(num_ft):
+                window, actions = rb.sample(args.ft_batch_size, rng, device)
+                loss, action_loss, dyn = finetune_loss(idm, wm, decoder, encode_window(encoder, window), actions,
+                                                       args.ft_wm_coef, args.finetune_latent_actions)
+                for opt in (idm_optimizer, decoder_optimizer, wm_optimizer):
+                    if opt is not None:
+                        opt.zero_grad()
                 loss.backward()
-                ft_optimizer.step()
-                if wm_optimizer is not None and args.finetune_latent_actions:
-                    wm_optimizer.step()
-            if n_ft > 0:
+                decoder_optimizer.step()
+                if args.finetune_latent_actions:
+                    idm_optimizer.step()
+                    if wm_optimizer is not None:
+                        wm_optimizer.step()
+            idm.eval(), wm.eval()
+            if num_ft > 0:
                 writer.add_scalar("losses/ft_loss", loss.item(), global_step)
-                writer.add_scalar("losses/ft_action_mse", ft_info["action_mse"], global_step)
-                writer.add_scalar("losses/ft_dynamics", ft_info["dynamics"], global_step)
-            # ALGO LOGIC: (c) re-clone pi on the videos with the fine-tuned p (eval mode: no VQ EMA on expert data)
-            p.eval(), w.eval(), pi.train()
+                writer.add_scalar("losses/ft_action_loss", action_loss.item(), global_step)
+                writer.add_scalar("losses/ft_dynamics", dyn.item(), global_step)
+            if own_videos.ta is not None and own_videos.ta.shape[1] == act_dim:  # diagnostic only: vs true a_t
+                with torch.no_grad():
+                    window = own_videos.windows(diag_idx, device)
+                    ta = torch.from_numpy(own_videos.ta[diag_idx]).to(device)
+                    decoded = decoder(idm.latent_action(encode_window(encoder, window)))
+                    writer.add_scalar("diagnostics/decoded_action_mse", F.mse_loss(decoded, ta).item(), global_step)
+                    writer.add_scalar("diagnostics/policy_action_mse", F.mse_loss(decoder(policy(window[:, 0])), ta).item(),
+                                      global_step)
+
+            # (c) re-clone pi onto the (fine-tuned) latent actions of the videos
             for _ in range(args.online_bc_updates):
-                obs_t, obs_tp1 = own_videos.pairs(own_videos.sample(args.online_bc_batch_size, rng), device)
-                bc_loss = latent_bc_loss(pi, f, p, obs_t, obs_tp1)
+                window = own_videos.windows(own_videos.sample(args.online_bc_batch_size, rng), device)
+                loss = bc_loss(policy, idm, window, encode_window(encoder, window))
                 bc_optimizer.zero_grad()
-                bc_loss.backward()
+                loss.backward()
                 bc_optimizer.step()
             if args.online_bc_updates > 0:
-                writer.add_scalar("losses/bc_loss", bc_loss.item(), global_step)
-            pi.eval()
-            if own_videos.ta is not None:  # DIAGNOSTIC ONLY: decoded latent actions of the videos vs the true expert actions
-                with torch.no_grad():
-                    o_t, o_tp1 = own_videos.pairs(diag_idx, device)
-                    ta = torch.from_numpy(own_videos.ta[diag_idx]).to(device)
-                    if ta.shape[1] == act_dim:
-                        decoded = d(p(f(o_t), f(o_tp1))[0])  # decoder applied to the videos' latent actions
-                        writer.add_scalar("diagnostics/decoded_action_mse", F.mse_loss(decoded, ta).item(), global_step)
-                        writer.add_scalar("diagnostics/policy_action_mse", F.mse_loss(d(pi(o_t)), ta).item(), global_step)
-            # evaluation: deterministic policy, actions clipped to the action space
-            start = time.time()
+                writer.add_scalar("losses/bc_loss", loss.item(), global_step)
+
+            # (d) evaluate: deterministic policy, actions clipped to the action space
+            t = time.time()
             video_path = None
             if args.capture_video:
                 os.makedirs(f"videos/{run_name}", exist_ok=True)
                 video_path = f"videos/{run_name}/eval_{global_step}.mp4"
-            returns, successes = evaluate(eval_env, pi, d, device, args.eval_episodes, video_path)
-            eval_time += time.time() - start
+            returns, successes = evaluate(eval_env, policy, decoder, device, args.eval_episodes, video_path)
+            wall["eval"] += time.time() - t
             evals.append(dict(env_step=global_step, returns=returns.tolist(), successes=successes.tolist()))
             writer.add_scalar("eval/episodic_return", returns.mean(), global_step)
-            if video_return:
-                writer.add_scalar("eval/normalized_score", returns.mean() / video_return, global_step)
-            row = [global_step, float(returns.mean())]
+            row = [global_step, float(returns.mean())] + ([float(successes.mean())] if metaworld_task else [])
             if metaworld_task:
                 writer.add_scalar("eval/success_rate", successes.mean(), global_step)
-                row.append(float(successes.mean()))
             with open(eval_csv, "a", newline="") as fh:
                 csv.writer(fh).writerow(row)
-            sps = int(global_step / (time.time() - sps_start))
+            sps = int(global_step / (time.time() - t_online))
             writer.add_scalar("charts/SPS", sps, global_step)
             text = f"eval global_step={global_step}: return {returns.mean():.1f} +- {returns.std():.1f}"
             print(text + (f", success {successes.mean():.2f}" if metaworld_task else "") + f", SPS {sps}")
     except KeyboardInterrupt:
         interrupted = True
-        print("interrupted: saving what exists")
-    finally:
-        wall["eval"] = eval_time
-        wall["online"] = time.time() - online_start - eval_time if online_start else 0.0
-        env.close()
-        eval_env.close()
+        print("interrupted: saving the current model and results")
+    env.close()
+    eval_env.close()
+    wall["online"] = time.time() - t_online - wall["eval"]
 
+    # ===== RESULTS (the last evaluation) =====
+    if args.save_model:
+        torch.save({"policy": policy.state_dict(), "decoder": decoder.state_dict(), "idm": idm.state_dict(),
+                    "wm": wm.state_dict(), "args": vars(args)}, f"runs/{run_name}/{args.exp_name}.cleanrl_model")
+        print(f"model saved to runs/{run_name}/{args.exp_name}.cleanrl_model")
     final = evals[-1] if evals else None
     mean_return = float(np.mean(final["returns"])) if final else None
+    video_return = own_videos.video_return()
+    if video_return and final:
+        writer.add_scalar("eval/normalized_score", mean_return / video_return, global_step)
     results = {
-        "env_id": args.env_id,
-        "seed": args.seed,
-        "episodic_return_mean": mean_return,
+        "env_id": args.env_id, "seed": args.seed, "episodic_return_mean": mean_return,
         "episodic_return_std": float(np.std(final["returns"])) if final else None,
-        "eval_episodes": len(final["returns"]) if final else 0,
-        "video_return": video_return,
+        "eval_episodes": len(final["returns"]) if final else 0, "video_return": video_return,
         "video_normalized_score": mean_return / video_return if (final and video_return) else None,
-        "env_steps": global_step,
-        "wall_clock_s": {k: round(v, 2) for k, v in wall.items()},
-        "interrupted": interrupted,
-        "args": vars(args),
+        "env_steps": global_step, "wall_clock_s": {k: round(v, 1) for k, v in wall.items()},
+        "interrupted": interrupted, "args": vars(args),
     }
     if metaworld_task:
         results["success_rate"] = float(np.mean(final["successes"])) if final else None
     with open(f"runs/{run_name}/results.json", "w") as fh:
         json.dump(results, fh, indent=2)
-    if args.save_model:
-        model_path = f"runs/{run_name}/{args.exp_name}.cleanrl_model"
-        nets = dict(f=f.state_dict(), p=p.state_dict(), w=w.state_dict(), pi=pi.state_dict(), d=d.state_dict())
-        torch.save(dict(nets, args=vars(args)), model_path)
-        print(f"model saved to {model_path}")
     print(f"results: runs/{run_name}/results.json (final eval return {mean_return})")
     writer.close()

@@ -57,15 +57,50 @@ def test_network_shapes_and_paper_sizes():
     assert head.projector(feats.flatten(1)).shape == (2, 256)
 
 
-def test_random_shift_is_a_crop_of_the_padded_image():
+def test_random_shift_crop_variant_is_a_crop_of_the_padded_image():
     x = torch.arange(2 * 1 * 5 * 5, dtype=torch.float32).view(2, 1, 5, 5)
     padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="replicate")
     for _ in range(5):
-        y = random_shift(x, pad=1)
+        y = random_shift(x, pad=1, bilinear=False)
         assert y.shape == x.shape
         for b in range(2):
             assert any(torch.equal(y[b], padded[b, :, i : i + 5, j : j + 5]) for i in range(3) for j in range(3))
-    assert torch.equal(random_shift(x, pad=0), x)
+    assert torch.equal(random_shift(x, pad=0, bilinear=False), x)
+
+
+def test_random_shift_official_bilinear_against_hand_computed_values():
+    # pad 1 on a 4x4 image: the padded image has 6 columns; output column j with shift s samples padded column
+    # u = (j + s) * 6/5 - 0.5 (align_corners=False), bilinearly, with zeros outside the padded image.
+    ones = torch.ones(64, 1, 4, 4)
+    half = torch.ones(4, 4)
+    s0 = half.clone(); s0[0, :] *= 0.5; s0[:, 0] *= 0.5  # noqa: E702  shift 0: u = -0.5 at j = 0 -> half a zero pixel
+    s2 = half.clone(); s2[-1, :] *= 0.5; s2[:, -1] *= 0.5  # noqa: E702  shift 2: u = 5.5 at j = 3
+    rows = {0: s0[:, 1], 1: half[:, 1], 2: s2[:, 1]}  # per-axis factors of the constant image
+    candidates = [rows[sy][:, None] * rows[sx][None, :] for sy in range(3) for sx in range(3)]
+    torch.manual_seed(0)
+    y = random_shift(ones, pad=1)
+    seen = set()
+    for b in range(64):
+        match = [k for k, c in enumerate(candidates) if torch.allclose(y[b, 0], c, atol=1e-6)]
+        assert len(match) == 1
+        seen.add(match[0])
+    assert len(seen) == 9  # every one of the 9 offsets occurs in 64 draws
+    assert abs(y[:, 0, 0, 0].min().item() - 0.25) < 1e-6  # the corner of shift (0, 0): half x half
+    # columns 0..3 of a horizontal ramp: shift 0 -> (0, 0, 0.9, 2.1); 1 -> (0, 0.9, 2.1, 3.0); 2 -> (0.9, 2.1, 3.0, 1.5)
+    ramp = torch.arange(4.0).expand(256, 1, 4, 4).contiguous()
+    expected = [torch.tensor(v) for v in ([0, 0, 0.9, 2.1], [0, 0.9, 2.1, 3.0], [0.9, 2.1, 3.0, 1.5])]
+    out = random_shift(ramp, pad=1)[:, 0, 1:3]  # rows 1-2 are inside the image for every vertical shift
+    for b in range(256):
+        assert torch.allclose(out[b, 0], out[b, 1], atol=1e-5) and any(torch.allclose(out[b, 0], e, atol=1e-5) for e in expected)
+
+
+def test_recon_decoder_has_the_official_init():
+    # orthogonal weights with gain sqrt(2) and zero biases: what `--no-train-recon-decoder` keeps for the whole stage
+    rec = ReconDecoder(16)
+    for conv in [m for m in rec.modules() if isinstance(m, nn.Conv2d)]:
+        w = conv.weight.flatten(1)  # [out, in * 3 * 3], out <= in * 9: orthonormal rows scaled by sqrt(2)
+        assert torch.allclose(w @ w.T, 2 * torch.eye(len(w)), atol=1e-4)
+        assert torch.equal(conv.bias, torch.zeros_like(conv.bias))
 
 
 def test_curl_loss_identical_pairs_beat_shuffled_pairs():
@@ -75,8 +110,8 @@ def test_curl_loss_identical_pairs_beat_shuffled_pairs():
     nn.init.eye_(head.W.weight)
     head.W.weight.data *= 10
     feats = torch.randn(32, 4, 8, 8)
-    same = curl_loss(head, head, feats, feats)
-    shuffled = curl_loss(head, head, feats, feats[torch.randperm(32)])
+    same = curl_loss(head, head.projector, feats, feats)
+    shuffled = curl_loss(head, head.projector, feats, feats[torch.randperm(32)])
     assert same.item() < 0.1 < 1.0 < shuffled.item()
     # the same value written out: -mean_i log softmax_j(q_i . W k_j)[i]
     q = head.projector(feats.flatten(1))
@@ -95,14 +130,13 @@ def test_recon_loss_trains_encoder_and_decoder():
 def test_vq_straight_through_and_nearest_code():
     vq = VectorQuantizerEMA().eval()
     la = torch.randn(5, 128, requires_grad=True)
-    la_q, commit, _, idx = vq(la)
-    assert idx.shape == (5, 2, 4)
-    codes = la_q.view(5, 2, 4, 16)
+    la_q, commit, _ = vq(la)
+    codes = la_q.view(5, 2, 16, 4)  # the official layout: codebooks x dims x latents
     for b in range(5):
         for n in range(2):
             for h in range(4):
-                dists = ((vq.codebook[n] - la.view(5, 2, 4, 16)[b, n, h]) ** 2).sum(-1)
-                assert torch.allclose(codes[b, n, h], vq.codebook[n, dists.argmin()], atol=1e-6)
+                dists = ((vq.codebook[n] - la.view(5, 2, 16, 4)[b, n, :, h]) ** 2).sum(-1)
+                assert torch.allclose(codes[b, n, :, h], vq.codebook[n, dists.argmin()], atol=1e-6)
     g = torch.randn(5, 128)
     (la_q * g).sum().backward()
     assert torch.allclose(la.grad, g)  # straight-through: d la_q / d la = identity
@@ -117,9 +151,10 @@ def test_vq_ema_update_only_in_train_mode():
     before = vq.codebook.clone()
     vq.eval()(la)
     assert torch.equal(vq.codebook, before)
-    _, _, perp, idx = vq.train()(la)
-    used = idx[0, 0, 0]
-    assert torch.allclose(vq.codebook[0, used], torch.full((16,), 0.3), atol=1e-3)  # code moved onto its inputs
+    la_q, _, perp = vq.train()(la)
+    nearest = ((before[0] - 0.3) ** 2).sum(-1).argmin()  # the code every input picked
+    assert torch.allclose(la_q[0].view(2, 16, 4)[0, :, 0], before[0, nearest])  # la_q = the code before the update
+    assert torch.allclose(vq.codebook[0, nearest], torch.full((16,), 0.3), atol=1e-3)  # code moved onto its inputs
     assert abs(perp.item() - 2.0) < 1e-4  # one code per codebook in use: perplexity 1 + 1
 
 
@@ -143,6 +178,11 @@ def test_losses_route_gradients_to_the_right_modules():
     assert torch.allclose(total, ce + 15.0 * dyn)
     total0, ce0, _ = finetune_loss(idm.eval(), wm.eval(), dec, feats, actions, wm_coef=0.0)
     assert torch.allclose(total0, ce0)
+    idm.zero_grad(), wm.zero_grad(), dec.zero_grad()  # the ablation: p fixed, no dynamics term, only d gets gradients
+    total1, ce1, dyn1 = finetune_loss(idm, wm, dec, feats, actions, wm_coef=15.0, finetune_idm=False)
+    total1.backward()
+    assert torch.allclose(total1, ce) and dyn1.item() == 0.0 and dec[0].weight.grad is not None
+    assert all(p.grad is None for p in list(idm.parameters()) + list(wm.parameters()))
 
 
 def test_window_masking_at_episode_ends():
@@ -284,7 +324,8 @@ def test_end_to_end_multitask_and_ablations(tmp_path, procgen_data):
     write_lapo_dataset(str(tmp_path / "data" / "bigfish"), procgen_data)
     write_lapo_dataset(str(tmp_path / "data" / "maze"), {k: v[:600] for k, v in procgen_data.items()})
     r = run_bcvlr(f"--env-id starpilot --video-env-ids bigfish maze --video-dir {tmp_path}/data/{{env_id}} {TINY} "
-                  "--no-ssl-encoder --no-finetune-latent-actions --ft-wm-coef 0 --num-video-transitions 500 --no-wm-tanh",
+                  "--no-ssl-encoder --no-finetune-latent-actions --ft-wm-coef 0 --num-video-transitions 500 --no-wm-tanh "
+                  "--no-train-recon-decoder --no-bilinear-shift",
                   cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "1000 frames" in r.stdout and "from bigfish, maze" in r.stdout

@@ -89,8 +89,8 @@ def test_proto_loss_trains_encoder_and_normalises_prototypes():
     torch.manual_seed(0)
     f = bc.Encoder(9, 8)
     ssl = bc.ProtoSSL(f, 8 * 32 * 32, num_protos=32)
-    obs_t, obs_tp1 = (torch.randint(0, 256, (8, 9, 64, 64), dtype=torch.uint8) for _ in range(2))
-    loss = bc.proto_temporal_loss(ssl, obs_t, obs_tp1, pad=4, temperature=0.1, iters=3)
+    window = torch.randint(0, 256, (8, 2, 9, 64, 64), dtype=torch.uint8)  # (o_t, o_{t+1})
+    loss = bc.proto_temporal_loss(ssl, window, pad=4, temperature=0.1, iters=3)
     assert torch.isfinite(loss) and 0 < loss.item() < 2 * np.log(32) + 1
     assert torch.allclose(ssl.protos.weight.norm(dim=1), torch.ones(32), atol=1e-5)
     before, target_before = f.convnet[0].weight.clone(), ssl.target_encoder.convnet[0].weight.clone()
@@ -104,13 +104,32 @@ def test_proto_loss_trains_encoder_and_normalises_prototypes():
     assert torch.allclose(ssl.target_encoder.convnet[0].weight, expected, atol=1e-6)
 
 
-def test_random_shift_is_a_crop_of_the_padded_image():
+def test_random_shift_crop_variant_is_a_crop_of_the_padded_image():
     x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
-    assert torch.equal(bc.random_shift(x, 0), x)
-    y = bc.random_shift(x, 2)
+    assert torch.equal(bc.random_shift(x, 0, bilinear=False), x)
+    y = bc.random_shift(x, 2, bilinear=False)
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="replicate")
     for b in range(2):
         assert any(torch.equal(y[b], padded[b, :, i : i + 8, j : j + 8]) for i in range(5) for j in range(5))
+
+
+def test_random_shift_official_bilinear_against_hand_computed_values():
+    # pad 4 on a 4x4 image: the padded image has 12 columns; output column j with shift s samples padded column
+    # u = (j + s) * 12/11 - 0.5 (align_corners=False), bilinearly, with zeros outside. On a constant image only the
+    # extreme shifts reach outside: shift 0 -> u = -0.5 at j = 0 (half a zero pixel); shift 8 -> u = 11.5 at j = 3.
+    torch.manual_seed(0)
+    y = bc.random_shift(torch.ones(400, 1, 4, 4), pad=4)[:, 0]
+    firsts, lasts = y[:, 1, 0], y[:, 1, 3]  # row 1 samples v in [0.59, 9.32]: inside for every vertical shift
+    assert set(firsts.unique().tolist()) <= {0.5, 1.0} and set(lasts.unique().tolist()) <= {0.5, 1.0}
+    assert (firsts == 0.5).any() and (lasts == 0.5).any() and not ((firsts == 0.5) & (lasts == 0.5)).any()
+    assert torch.allclose(y.min(), torch.tensor(0.25))  # a corner of shift (0, 0) or (8, 8): half x half
+    # a horizontal ramp 0..3 (padded: 0 0 0 0 | 0 1 2 3 | 3 3 3 3); the centre shift 4 samples u = (j + 4) 12/11 - 0.5,
+    # where the padded ramp reads clamp(u - 4, 0, 3): (0, 0.955, 2.045, 3), not the exact crop (0, 1, 2, 3)
+    ramp = torch.arange(4.0).expand(400, 1, 4, 4).contiguous()
+    out = bc.random_shift(ramp, pad=4)[:, 0, 1]
+    centre = ((torch.arange(4.0) + 4) * 12 / 11 - 4.5).clamp(0, 3)
+    assert any(torch.allclose(row, centre, atol=1e-5) for row in out)
+    assert not any(torch.allclose(row, torch.arange(4.0), atol=1e-3) for row in out)  # never the exact crop
 
 
 def test_vq_straight_through_commitment_and_ema():
@@ -125,7 +144,7 @@ def test_vq_straight_through_commitment_and_ema():
     for n in range(2):
         dist = torch.cdist(vectors[n].reshape(-1, 16), codebook[n])
         assert dist.min(1).values.max() < 1e-3  # codewords are ~0.2 apart
-    assert torch.allclose(commitment, ((la - la_q) ** 2).mean())
+    assert torch.allclose(commitment, 0.05 * ((la - la_q) ** 2).mean())  # weighted by --vq-commitment
     la_q.sum().backward()
     assert torch.allclose(la.grad, torch.ones_like(la))  # straight-through estimator
     vq.eval()
@@ -139,29 +158,31 @@ def test_vq_decay_flag_reaches_the_codebook_ema():
     # `decay` x its running sum after one update
     import tyro
 
-    args = tyro.cli(bc.Args, args=["--vq-decay", "0.9"])
-    p = bc.IDM((32, 32, 32), scale=1, vq_decay=args.vq_decay)
+    args = tyro.cli(bc.Args, args=["--vq-decay", "0.9", "--impala-scale", "1"])
+    args.la_dim = 128
+    p = bc.IDM(args, (32, 32, 32))
     assert p.vq.decay == 0.9
     torch.manual_seed(0)
-    before = p.vq.ema_sum.clone()
+    before = p.vq.ema_weight.clone()
     p.vq(torch.randn(2, 128))  # 2 x 4 vectors per codebook: most of the 64 codes are not picked
-    ratio = (p.vq.ema_sum / before).flatten(1, 2)  # [N, K*D]
+    ratio = (p.vq.ema_weight / before).flatten(1, 2)  # [N, K*D]
     assert torch.isclose(ratio, torch.tensor(0.9)).float().mean() > 0.8
 
 
 def test_idm_and_unet_shapes():
     feat = torch.randn(4, 32, 32, 32)
-    p = bc.IDM((32, 32, 32), scale=1)
-    la, la_q, commitment, _ = p(feat, feat)
+    args = bc.Args(impala_scale=1, la_dim=128)
+    p = bc.IDM(args, (32, 32, 32))
+    la, la_q, commitment, _ = p(torch.stack([feat, feat], 1))  # window features (f(o_t), f(o_{t+1}))
     assert la.shape == la_q.shape == (4, 128) and commitment.ndim == 0
-    w = bc.WorldModel((32, 32, 32), scale=24)
+    w = bc.WorldModel(32, 32, 128, size=32, base=24)
     out = w(feat, la_q)
     assert out.shape == (4, 32, 32, 32) and out.abs().max() <= 0.5
     assert 1.8e6 < sum(x.numel() for x in w.parameters()) < 2.4e6  # spec: about 2.1 M parameters
 
 
 def test_decoder_and_exploration_noise():
-    d = bc.make_decoder(6)
+    d = bc.make_decoder(128, 6)
     assert d(torch.randn(5, 128)).shape == (5, 6)
     rng = np.random.default_rng(0)
     low, high = -np.ones(6, np.float32), np.ones(6, np.float32)
@@ -216,8 +237,8 @@ def test_replay_buffer_never_pairs_across_episode_end():
             value += 1
     rb.add(np.full((9, 4, 4), value, np.uint8), np.array([value], np.float32), False)  # newest: successor unknown
     rng = np.random.default_rng(0)
-    obs_t, obs_tp1, act = rb.sample(2000, rng, "cpu")
-    v_t, v_tp1 = obs_t[:, 0, 0, 0].long(), obs_tp1[:, 0, 0, 0].long()
+    window, act = rb.sample(2000, rng, "cpu")
+    v_t, v_tp1 = window[:, 0, 0, 0, 0].long(), window[:, 1, 0, 0, 0].long()
     assert torch.equal(v_tp1, (v_t + 1) % 256) and torch.equal(act[:, 0].long(), v_t)
     assert not ((v_t % 5) == 4).any()  # the last frame of an episode is never the first of a pair
     assert len(set(v_t.tolist())) == 30 - 6  # every other pair is sampled
@@ -337,7 +358,7 @@ def test_end_to_end_dmcontrol(tmp_path, reacher_episodes):
     assert run(["--env-id", "reacher_hard", "--total-timesteps", "40", *TINY], tmp_path / "again").returncode == 0
     [model_b] = glob.glob(str(tmp_path / "again" / "runs" / "*" / "bcvlr_continuous.cleanrl_model"))
     a, b = (torch.load(path, weights_only=False) for path in (run_dir / "bcvlr_continuous.cleanrl_model", model_b))
-    for net in ("f", "p", "w", "pi", "d"):
+    for net in ("policy", "decoder", "idm", "wm"):
         assert all(torch.equal(a[net][k], b[net][k]) for k in a[net]), net
     # resume from the offline checkpoint with the ablations switched on
     (tmp_path / "runs2").mkdir()
@@ -345,7 +366,7 @@ def test_end_to_end_dmcontrol(tmp_path, reacher_episodes):
             "--offline-checkpoint", str(run_dir / "offline.pt"), "--no-finetune-latent-actions", "--ft-wm-coef", "0", *TINY]
     result = run(args, tmp_path / "runs2")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "skipping stages 1-3" in result.stdout and "stage 1" not in result.stderr
+    assert "offline stages 1-3 done" in result.stdout and "stage 1" not in result.stderr
     assert not (Path(glob.glob(str(tmp_path / "runs2" / "runs" / "*"))[0]) / "offline.pt").exists()
 
 
