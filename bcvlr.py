@@ -175,6 +175,14 @@ class Args:
     online_bc_updates: int = 500
     """policy re-cloning updates on the videos per iteration"""
 
+    # Controls (not BCV-LR: they learn from the videos' true actions `ta`)
+    true_action_bc: bool = False
+    """the ceiling: train pi and d on the videos' true actions (cross-entropy) for the stage-3 plus online re-cloning
+    updates; no stages 2-4, no env interaction (the videos must carry `ta`)"""
+    labelled_video_transitions: int = 0
+    """the rebuttal's offline variant (N > 0): L_ft on the first N action-labelled video windows instead of the agent's
+    replay, with the online stage's schedule of L_ft and re-cloning updates, and no env interaction"""
+
     # to be filled in runtime
     la_dim: int = 0
     """latent action dimension (computed)"""
@@ -185,6 +193,15 @@ class Args:
 # ============================================================================================
 class DataError(Exception):
     """Bad input (videos, shapes, env id); `__main__` prints it as one line and exits with status 1."""
+
+
+def variant_name(args):
+    """The name of what a run trains, as results.json and run_all.sh call it."""
+    if args.true_action_bc:
+        return "true_action_bc"
+    if args.labelled_video_transitions:
+        return "labelled_video"
+    return "bcvlr" if args.finetune_latent_actions else "no_finetune"
 
 
 def check_env_id(env_id):
@@ -688,6 +705,9 @@ if __name__ == "__main__":
     args.la_dim = args.vq_num_codebooks * args.vq_num_latents * args.vq_dim
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     timings = {}
+    # the online schedule: iteration 0 collects the warm-up, every later one num_steps vector steps, until the budget
+    vector_steps = -(-args.total_timesteps // args.num_envs)
+    num_iterations = 1 + -(-(vector_steps - min(args.warmup_steps, vector_steps)) // args.num_steps)
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
@@ -719,6 +739,12 @@ if __name__ == "__main__":
         video_return = datasets[video_env_ids.index(args.env_id)]["video_return"] if args.env_id in video_env_ids else None
         if args.offline_checkpoint and not os.path.isfile(args.offline_checkpoint):
             raise DataError(f"--offline-checkpoint {args.offline_checkpoint} does not exist")
+        for flag, on in (("--true-action-bc", args.true_action_bc), ("--labelled-video-transitions", args.labelled_video_transitions)):
+            if on and true_actions is None:
+                raise DataError(f"{flag} learns from the videos' true actions, but the videos of {', '.join(video_env_ids)} "
+                                "carry none (no 'ta' array; experts/procgen_expert.py and LAPO's data have it)")
+        if args.true_action_bc and args.labelled_video_transitions:
+            raise DataError("--true-action-bc and --labelled-video-transitions are two different controls; pick one")
     except DataError as e:
         raise SystemExit(f"error: {e}")
     print(f"videos: {len(obs)} frames, {len(starts)} windows from {', '.join(video_env_ids)}; "
@@ -797,6 +823,24 @@ if __name__ == "__main__":
     if stages_done < 1 and args.save_model:
         save_offline(1)
 
+    # ===== CONTROL, NOT BCV-LR (--true-action-bc): BEHAVIOUR CLONING ON THE VIDEOS' TRUE ACTIONS, THE CEILING =====
+    if args.true_action_bc:  # the same pi (its frozen f copy and trunk) and d, as many updates as stage 3 + online
+        t = time.time()
+        optimizer = torch.optim.AdamW(list(policy.trunk.parameters()) + list(decoder.parameters()), lr=args.bc_lr)
+        policy.encoder.load_state_dict(encoder.state_dict())
+        for step in (pbar := trange(args.bc_steps + num_iterations * args.online_bc_updates, desc="control: true-action BC")):
+            idx = starts[torch.randint(len(starts), (args.bc_batch_size,))] + 1  # o_t, the middle frame of a window
+            loss = F.cross_entropy(decoder(policy(normalize(obs[idx].to(device).permute(0, 3, 1, 2)))),
+                                   true_actions[idx].to(device))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if step % 100 == 0:
+                writer.add_scalar("offline/true_action_bc_loss", loss.item(), step)
+                pbar.set_postfix(loss=f"{loss.item():.4f}")
+        timings["bc"] = time.time() - t
+        stages_done, num_iterations = 3, 0  # no latent action model, no online stage
+
     # ===== STAGE 2: LATENT ACTIONS FROM VIDEOS: IDM p + VQ + WORLD MODEL w (poster L_la) =====
     if stages_done < 2:
         t = time.time()
@@ -851,19 +895,24 @@ if __name__ == "__main__":
     buffer_obs = np.zeros((args.buffer_size, 3, 64, 64, 3), dtype=np.uint8)
     buffer_act = np.zeros(args.buffer_size, dtype=np.int64)
     buffer_pos, buffer_full = 0, False
+    if args.labelled_video_transitions:  # the rebuttal's offline variant: the replay holds N labelled video windows
+        buffer_pos = min(args.labelled_video_transitions, len(starts), args.buffer_size)
+        buffer_obs[:buffer_pos] = obs[starts[:buffer_pos, None] + torch.arange(3)].numpy()
+        buffer_act[:buffer_pos] = true_actions[starts[:buffer_pos] + 1].numpy()
+        buffer_pos, buffer_full = buffer_pos % args.buffer_size, buffer_pos == args.buffer_size
 
     # TRY NOT TO MODIFY: start the game
     envs = make_env(args.env_id, args.num_envs, args.seed)
     next_obs = envs.reset()["rgb"]
     prev_obs, prev_valid = next_obs.copy(), np.zeros(args.num_envs, dtype=bool)  # o_{t-1} in the same episode?
     ep_ret, ep_len = np.zeros(args.num_envs), np.zeros(args.num_envs, dtype=int)
-    recent_returns, global_step, iteration, interrupted = [], 0, 0, False
+    recent_returns, global_step, interrupted = [], 0, False
     diag_generator = torch.Generator().manual_seed(args.seed)  # diagnostics never touch the training RNG
     try:
-        while True:
+        for iteration in range(num_iterations):
             # (a) collect: uniform-random actions in the warm-up (iteration 0), then a ~ Categorical(d(pi(o_t)))
-            num_steps = min(args.warmup_steps if iteration == 0 else args.num_steps,
-                            (args.total_timesteps - global_step + args.num_envs - 1) // args.num_envs)
+            num_steps = min(args.warmup_steps if iteration == 0 else args.num_steps, vector_steps - global_step // args.num_envs)
+            num_steps *= not args.labelled_video_transitions  # the labelled-video control never touches the env
             t = time.time()
             for _ in range(num_steps):
                 if iteration == 0:
@@ -890,11 +939,10 @@ if __name__ == "__main__":
                     writer.add_scalar("charts/episodic_length", ep_len[i], global_step)
                     recent_returns.append((global_step, ep_ret[i]))
                 ep_ret[done], ep_len[done] = 0, 0
-            if iteration > 0:
+            if iteration > 0 and num_steps > 0:
                 sps = int(args.num_envs * num_steps / (time.time() - t))
                 print(f"iteration={iteration}, global_step={global_step}, SPS={sps}")
                 writer.add_scalar("charts/SPS", sps, global_step)
-            iteration += 1
 
             # (b) fine-tune p (L_ft) and train the decoder d on the agent's own transitions
             n = args.buffer_size if buffer_full else buffer_pos
@@ -932,8 +980,6 @@ if __name__ == "__main__":
                 bc_optimizer.step()
             if args.online_bc_updates > 0:
                 writer.add_scalar("losses/bc_loss", loss.item(), global_step)
-            if global_step >= args.total_timesteps:
-                break
     except KeyboardInterrupt:
         interrupted = True
         print("interrupted: saving the current model and results")
@@ -953,7 +999,7 @@ if __name__ == "__main__":
         writer.add_scalar("eval/episodic_return", r, global_step)
     last = [r for s, r in recent_returns if s > global_step - args.num_envs * args.num_steps]
     results = {
-        "env_id": args.env_id, "seed": args.seed, "episodic_return_mean": float(returns.mean()),
+        "env_id": args.env_id, "seed": args.seed, "variant": variant_name(args), "episodic_return_mean": float(returns.mean()),
         "episodic_return_std": float(returns.std()), "eval_episodes": len(returns),
         "train_episodic_return_last_iteration": float(np.mean(last)) if last else None,
         "video_return": video_return,

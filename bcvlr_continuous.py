@@ -18,7 +18,6 @@ import json
 import math
 import random
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -175,6 +174,14 @@ class Args:
     buffer_size: int = 100_000
     """replay buffer capacity (frame stacks)"""
 
+    # Controls (not BCV-LR: they learn from the videos' true actions `ta`)
+    true_action_bc: bool = False
+    """the ceiling: train pi and d on the videos' true actions (MSE) for the stage-3 plus online re-cloning updates;
+    no stages 2-4, no env interaction (the videos must carry `ta`)"""
+    labelled_video_transitions: int = 0
+    """the rebuttal's offline variant (N > 0): L_ft on the first N action-labelled video pairs instead of the agent's
+    replay, with the online stage's schedule of L_ft and re-cloning updates, and no env interaction"""
+
     # to be filled in runtime
     la_dim: int = 0
     """latent action dimension (computed)"""
@@ -200,6 +207,15 @@ def official_online_schedule(env_id: str):
     if env_id.startswith(("reacher", "jaco")) or is_metaworld(env_id):
         return dict(ft_updates=lambda agent_step: 100, ft_wm_coef=1e-3, wm_online_lr=1e-3)
     return dict(ft_updates=lambda agent_step: math.ceil(agent_step / 256), ft_wm_coef=1e-5, wm_online_lr=1e-5)
+
+
+def variant_name(args):
+    """The name of what a run trains, as results.json and run_all.sh call it."""
+    if args.true_action_bc:
+        return "true_action_bc"
+    if args.labelled_video_transitions:
+        return "labelled_video"
+    return "bcvlr" if args.finetune_latent_actions else "no_finetune"
 
 
 def check_env_id(env_id: str):
@@ -239,12 +255,8 @@ def load_cheetah_run_backward(seed):
     return control.Environment(physics, RunBackward(random=seed), time_limit=cheetah._DEFAULT_TIME_LIMIT)
 
 
-JACO_TARGETS = {
-    "top_left": (-0.09, 0.09),
-    "top_right": (0.09, 0.09),
-    "bottom_left": (-0.09, -0.09),
-    "bottom_right": (0.09, -0.09),
-}
+JACO_TARGETS = {"top_left": (-0.09, 0.09), "top_right": (0.09, 0.09), "bottom_left": (-0.09, -0.09),
+                "bottom_right": (0.09, -0.09)}
 
 
 def load_jaco_reach(target, seed):
@@ -342,38 +354,23 @@ class MetaworldPixels(gym.Env):
         self._env.close()  # frees the EGL context now (otherwise an ignored traceback is printed at exit)
 
 
-class FrameStack(gym.Wrapper):
-    """Observation = the last k frames channels-first, oldest first: k x [H, W, 3] -> [3k, H, W] uint8.
-    At reset the first frame is repeated k times (DrQ-v2 FrameStack), exactly as in the expert videos."""
-
-    def __init__(self, env, k=3):
-        super().__init__(env)
-        self.k, self.frames = k, deque(maxlen=k)
-        h, w, c = env.observation_space.shape
-        self.observation_space = gym.spaces.Box(0, 255, (k * c, h, w), np.uint8)
-
-    def _obs(self):
-        return np.concatenate([f.transpose(2, 0, 1) for f in self.frames], axis=0)  # k x [3, H, W] -> [3k, H, W]
-
-    def reset(self, **kwargs):
-        frame, info = self.env.reset(**kwargs)
-        self.frames.extend([frame] * self.k)
-        return self._obs(), info
-
-    def step(self, action):
-        frame, reward, terminated, truncated, info = self.env.step(action)
-        self.frames.append(frame)
-        return self._obs(), reward, terminated, truncated, info
+def frame_stack(env, k=3):
+    """Observation = the last k frames channels-first, oldest first: k x [H, W, 3] -> [3k, H, W] uint8. At reset the first
+    frame is repeated k times (gymnasium's FrameStackObservation, padding 'reset', as DrQ-v2), exactly as in the videos."""
+    h, w, c = env.observation_space.shape
+    env = gym.wrappers.FrameStackObservation(env, k, padding_type="reset")  # [k, H, W, 3]
+    space = gym.spaces.Box(0, 255, (k * c, h, w), np.uint8)
+    return gym.wrappers.TransformObservation(env, lambda o: o.transpose(0, 3, 1, 2).reshape(k * c, h, w), space)
 
 
-def make_env(env_id, seed, action_repeat=-1, max_episode_steps=0, frame_stack=3):
+def make_env(env_id, seed, action_repeat=-1, max_episode_steps=0, frame_stack_size=3):
     """The env of agent and experts: 64x64 RGB, frame stack 3 -> [9, 64, 64] uint8, action repeat, actions in [-1, 1]."""
     check_env_id(env_id)
     action_repeat = action_repeat if action_repeat > 0 else (1 if is_metaworld(env_id) else 2)
     env = (MetaworldPixels if is_metaworld(env_id) else DMCPixels)(env_id, seed, action_repeat)
     if max_episode_steps > 0:
         env = gym.wrappers.TimeLimit(env, max_episode_steps)
-    env = FrameStack(env, frame_stack)
+    env = frame_stack(env, frame_stack_size)
     env.action_space.seed(seed)
     return env
 
@@ -910,6 +907,9 @@ if __name__ == "__main__":
         setattr(args, key, official[key] if getattr(args, key) is None else getattr(args, key))
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     wall = {"ssl": 0.0, "lam": 0.0, "bc": 0.0, "online": 0.0, "eval": 0.0}
+    # the online schedule: a round (fine-tune, re-clone, evaluate) every iteration_steps agent steps after the warm-up
+    num_agent_steps = args.total_timesteps // args.action_repeat
+    round_ends = [s for s in range(args.iteration_steps, num_agent_steps + 1, args.iteration_steps) if s > args.warmup_steps]
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
@@ -940,6 +940,12 @@ if __name__ == "__main__":
             if len(data.valid) < need:
                 raise DataError(f"only {len(data.valid)} usable frame pairs in the videos of {name}, but a batch needs "
                                 f"{need}: record more video or lower the batch sizes")
+        for flag, on in (("--true-action-bc", args.true_action_bc), ("--labelled-video-transitions", args.labelled_video_transitions)):
+            if on and own_videos.ta is None:
+                raise DataError(f"{flag} learns from the videos' true actions, but the videos of {args.env_id} carry none "
+                                "(no 'ta' array; the recorders in experts/ write it)")
+        if args.true_action_bc and args.labelled_video_transitions:
+            raise DataError("--true-action-bc and --labelled-video-transitions are two different controls; pick one")
         ckpt = None
         if args.offline_checkpoint:
             try:
@@ -1013,6 +1019,25 @@ if __name__ == "__main__":
     if stages_done < 1 and args.save_model:
         save_offline(1)
 
+    # ===== CONTROL, NOT BCV-LR (--true-action-bc): BEHAVIOUR CLONING ON THE VIDEOS' TRUE ACTIONS, THE CEILING =====
+    if args.true_action_bc:  # the same pi (its frozen f copy and trunk) and d, as many updates as stage 3 + online
+        t = time.time()
+        optimizer = torch.optim.AdamW(list(policy.trunk.parameters()) + list(decoder.parameters()), lr=args.bc_lr)
+        policy.encoder.load_state_dict(encoder.state_dict())
+        for step in (pbar := trange(args.bc_steps + len(round_ends) * args.online_bc_updates, desc="control: true-action BC")):
+            idx = own_videos.sample(args.bc_batch_size, rng)
+            obs_t, ta = (torch.from_numpy(x[idx]).to(device) for x in (own_videos.obs, own_videos.ta))
+            loss = F.mse_loss(decoder(policy(obs_t)), ta)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if step % 100 == 0:
+                writer.add_scalar("offline/true_action_bc_loss", loss.item(), step)
+                pbar.set_postfix(loss=f"{loss.item():.4f}")
+        wall["bc"] = time.time() - t
+        stages_done, round_ends = 3, round_ends[-1:]  # no latent action model; one round: the final evaluation
+        args.ft_updates, args.online_bc_updates = 0, 0  # and no online updates
+
     # ===== STAGE 2: LATENT ACTIONS FROM VIDEOS: IDM p + VQ + WORLD MODEL w (poster L_la) =====
     if stages_done < 2:
         t = time.time()
@@ -1064,42 +1089,47 @@ if __name__ == "__main__":
     decoder_optimizer = torch.optim.Adam(decoder.parameters(), lr=args.ft_decoder_lr)
     wm_optimizer = torch.optim.Adam(wm.parameters(), lr=args.wm_online_lr) if args.wm_online_lr > 0 else None
     bc_optimizer = torch.optim.Adam(policy.trunk.parameters(), lr=args.online_bc_lr)
-    num_agent_steps = args.total_timesteps // args.action_repeat
     rb = ReplayBuffer(min(args.buffer_size, 2 * num_agent_steps + 2), env.observation_space.shape, act_dim)
+    if args.labelled_video_transitions:  # the rebuttal's offline variant: the replay holds N labelled video pairs
+        frames = own_videos.valid[min(args.labelled_video_transitions, len(own_videos.valid)) - 1] + 2  # the first N pairs
+        rb = ReplayBuffer(frames + 1, env.observation_space.shape, act_dim)
+        for i in range(frames):
+            rb.add(own_videos.obs[i], own_videos.ta[i], own_videos.done[i] or i == frames - 1)
     diag_idx = own_videos.sample(min(1024, len(own_videos.valid)), np.random.default_rng(args.seed))  # fixed pairs
     eval_csv = Path(f"runs/{run_name}/eval.csv")
     with open(eval_csv, "w", newline="") as fh:
         csv.writer(fh).writerow(["env_step", "episodic_return"] + (["success_rate"] if metaworld_task else []))
-    evals, interrupted, global_step = [], False, 0
+    evals, interrupted, global_step, agent_step = [], False, 0, 0
     obs, _ = env.reset(seed=args.seed)
     ep_return, ep_len, ep_success = 0.0, 0, False
     try:
-        for agent_step in range(1, num_agent_steps + 1):
-            # (a) collect: uniform-random actions in the warm-up, then clip(d(pi(o_t)) + Gaussian noise)
-            if agent_step <= args.warmup_steps:
-                action = env.action_space.sample()
-            else:  # ALGO LOGIC: action logic
-                action = explore(act(policy, decoder, obs, device), args.expl_std, low, high, rng)
-            # TRY NOT TO MODIFY: execute the game and log data.
-            next_obs, reward, terminated, truncated, info = env.step(action)
-            rb.add(obs, action, False)
-            global_step = agent_step * args.action_repeat
-            ep_return, ep_len, ep_success = ep_return + reward, ep_len + 1, ep_success or info.get("success", 0) > 0
-            if terminated or truncated:  # rewards are only logged, never used for learning
-                rb.add(next_obs, np.zeros(act_dim, np.float32), True)
-                print(f"global_step={global_step}, episodic_return={ep_return:.1f}")
-                writer.add_scalar("charts/episodic_return", ep_return, global_step)
-                writer.add_scalar("charts/episodic_length", ep_len * args.action_repeat, global_step)
-                if metaworld_task:
-                    writer.add_scalar("charts/success", float(ep_success), global_step)
-                next_obs, _ = env.reset()
-                ep_return, ep_len, ep_success = 0.0, 0, False
-            obs = next_obs
-            if agent_step % args.iteration_steps != 0 or agent_step <= args.warmup_steps:
-                continue
+        for round_end in round_ends:
+            # (a) collect until round_end: uniform-random actions in the warm-up, then clip(d(pi(o_t)) + Gaussian noise);
+            # the two controls never touch the env
+            while agent_step < round_end and not (args.true_action_bc or args.labelled_video_transitions):
+                agent_step += 1
+                if agent_step <= args.warmup_steps:
+                    action = env.action_space.sample()
+                else:  # ALGO LOGIC: action logic
+                    action = explore(act(policy, decoder, obs, device), args.expl_std, low, high, rng)
+                # TRY NOT TO MODIFY: execute the game and log data.
+                next_obs, reward, terminated, truncated, info = env.step(action)
+                rb.add(obs, action, False)
+                global_step = agent_step * args.action_repeat
+                ep_return, ep_len, ep_success = ep_return + reward, ep_len + 1, ep_success or info.get("success", 0) > 0
+                if terminated or truncated:  # rewards are only logged, never used for learning
+                    rb.add(next_obs, np.zeros(act_dim, np.float32), True)
+                    print(f"global_step={global_step}, episodic_return={ep_return:.1f}")
+                    writer.add_scalar("charts/episodic_return", ep_return, global_step)
+                    writer.add_scalar("charts/episodic_length", ep_len * args.action_repeat, global_step)
+                    if metaworld_task:
+                        writer.add_scalar("charts/success", float(ep_success), global_step)
+                    next_obs, _ = env.reset()
+                    ep_return, ep_len, ep_success = 0.0, 0, False
+                obs = next_obs
 
             # (b) fine-tune p, w (L_ft) and train the decoder d on the agent's own transitions
-            num_ft = official["ft_updates"](agent_step) if args.ft_updates is None else args.ft_updates
+            num_ft = official["ft_updates"](round_end) if args.ft_updates is None else args.ft_updates
             idm.train(args.finetune_latent_actions), wm.train(args.finetune_latent_actions)
             for _ in range(num_ft):
                 window, actions = rb.sample(args.ft_batch_size, rng, device)
@@ -1175,7 +1205,7 @@ if __name__ == "__main__":
     if video_return and final:
         writer.add_scalar("eval/normalized_score", mean_return / video_return, global_step)
     results = {
-        "env_id": args.env_id, "seed": args.seed, "episodic_return_mean": mean_return,
+        "env_id": args.env_id, "seed": args.seed, "variant": variant_name(args), "episodic_return_mean": mean_return,
         "episodic_return_std": float(np.std(final["returns"])) if final else None,
         "eval_episodes": len(final["returns"]) if final else 0, "video_return": video_return,
         "video_normalized_score": mean_return / video_return if (final and video_return) else None,

@@ -110,8 +110,9 @@ def main(args):
     if args.offline_checkpoint and not os.path.isfile(args.offline_checkpoint):
         raise SystemExit(f"error: --offline-checkpoint {args.offline_checkpoint} does not exist")
     ckpt = torch.load(args.offline_checkpoint, map_location="cpu", weights_only=False) if args.offline_checkpoint else None
-    need = ("encoder", "idm") if discrete else ("f", "p")
-    if ckpt is not None and not (isinstance(ckpt, dict) and all(k in ckpt for k in need + ("args",))):
+    encoder_keys = "net." if discrete else "convnet."  # bcvlr.py's Procgen encoder vs the continuous DrQ encoder
+    if ckpt is not None and not (isinstance(ckpt, dict) and all(k in ckpt for k in ("encoder", "idm", "args"))
+                                 and all(k.startswith(encoder_keys) for k in ckpt["encoder"])):
         raise SystemExit(f"error: {args.offline_checkpoint} is not an offline.pt of "
                          f"{'bcvlr.py' if discrete else 'bcvlr_continuous.py'} (the learner of {args.env_id})")
     if discrete:
@@ -138,21 +139,19 @@ def main(args):
             cont.check_env_id(args.env_id)
         except cont.DataError as e:
             raise SystemExit(f"error: {e} (or one of the 16 Procgen games)")
-        sizes = dict(encoder_channels=args.encoder_channels, impala_scale=args.impala_scale, vq_decay=0.999,
-                     wm_scale=8, wm_tanh=False)
+        run_args = cont.Args(encoder_channels=args.encoder_channels, impala_scale=args.impala_scale)
         if ckpt:
-            sizes = {k: ckpt["args"][k] for k in sizes}
+            run_args = cont.Args(**{k: v for k, v in ckpt["args"].items() if k in cont.Args.__dataclass_fields__})
+        run_args.la_dim = run_args.vq_num_codebooks * run_args.vq_num_latents * run_args.vq_dim
         data, acts = collect_continuous(cont, args, rng)
-        f, _, p, _, d = cont.build_networks(cont.Args(**sizes), acts.shape[1], "cpu")
+        f = cont.Encoder(9, run_args.encoder_channels)
+        p, d = cont.IDM(run_args, (run_args.encoder_channels, 32, 32)), cont.make_decoder(run_args.la_dim, acts.shape[1])
         if ckpt:
-            f.load_state_dict(ckpt["f"])
-            p.load_state_dict(ckpt["p"])
+            f.load_state_dict(ckpt["encoder"])
+            p.load_state_dict(ckpt["idm"])
 
-        def predict(idx):  # pair [B, 2, 9, 64, 64] uint8 -> action [B, A]
-            pair = torch.from_numpy(data[idx])
-            with torch.no_grad():
-                s_t, s_tp1 = f(pair[:, 0]), f(pair[:, 1])
-            return d(p(s_t, s_tp1)[0])
+        def predict(idx):  # window (o_t, o_{t+1}) [B, 2, 9, 64, 64] uint8 -> action [B, A]
+            return d(p.latent_action(cont.encode_window(f, torch.from_numpy(data[idx]))))
 
         loss_fn = lambda out, y: F.mse_loss(out, torch.from_numpy(y))  # noqa: E731
     f.requires_grad_(False)

@@ -252,6 +252,10 @@ def _bad_inputs(tmp_path, procgen_data):
     write_lapo_dataset(str(tmp_path / "few"), {k: v[:100] for k, v in good.items()})
     cases["too few frames"] = (f"--video-dir {tmp_path}/few", "usable 3-frame windows")
     cases["unknown env"] = ("--env-id notagame", "unknown env id 'notagame'")
+    write_lapo_dataset(str(tmp_path / "nota"), {k: v for k, v in good.items() if k != "ta"})
+    small = "--ssl-batch-size 8 --lam-batch-size 8 --bc-batch-size 8"
+    cases["ceiling without ta"] = (f"--video-dir {tmp_path}/nota {small} --true-action-bc", "carry none")
+    cases["labelled without ta"] = (f"--video-dir {tmp_path}/nota {small} --labelled-video-transitions 50", "carry none")
     cases["missing checkpoint"] = (f"--video-dir {tmp_path}/shape --offline-checkpoint {tmp_path}/none.pt", "expected")
     return cases
 
@@ -332,6 +336,47 @@ def test_end_to_end_multitask_and_ablations(tmp_path, procgen_data):
     res = json.load(open(os.path.join(_results(tmp_path)[0], "results.json")))
     assert res["env_id"] == "starpilot" and res["video_return"] is None and res["args"]["ssl_encoder"] is False
     assert res["args"]["wm_tanh"] is False
+
+
+def _square_frames(n, seed):
+    """Synthetic frames whose action is visible: a bright 12x12 square at column 12 a (a in 0..4) on dim noise."""
+    rng = np.random.default_rng(seed)
+    ta = rng.integers(5, size=n)
+    obs = rng.integers(0, 40, size=(n, 64, 64, 3), dtype=np.uint8)
+    for i, a in enumerate(ta):
+        obs[i, 26:38, 12 * a : 12 * a + 12] = 255
+    return obs, ta
+
+
+def test_end_to_end_controls_and_the_ceiling_learns(tmp_path, procgen_dir):
+    # the ceiling (--true-action-bc) on frames that show their action must learn it: a broken ceiling cannot pass
+    obs, ta = _square_frames(600, seed=0)
+    done = np.zeros(600, bool)
+    done[199::200] = True
+    write_lapo_dataset(str(tmp_path / "squares"), {"obs": obs, "ta": ta, "done": done})
+    r = run_bcvlr(f"--env-id bigfish --video-dir {tmp_path}/squares {TINY} --no-ssl-encoder --true-action-bc "
+                  "--bc-steps 150 --bc-batch-size 32", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "stage 2" not in r.stderr and "stage 3" not in r.stderr and "control: true-action BC" in r.stderr
+    (run,) = _results(tmp_path)
+    res = json.load(open(os.path.join(run, "results.json")))
+    assert res["variant"] == "true_action_bc" and res["env_steps"] == 0 and res["eval_episodes"] == 2
+    model = torch.load(os.path.join(run, "bcvlr.cleanrl_model"))
+    a = args_of(encoder_channels=2, impala_scale=1)
+    policy, decoder = LatentPolicy(Encoder(2), a), make_decoder(a.la_dim)
+    policy.load_state_dict(model["policy"])
+    decoder.load_state_dict(model["decoder"])
+    test_obs, test_ta = _square_frames(500, seed=1)  # fresh frames
+    with torch.no_grad():
+        pred = decoder(policy(bcvlr.normalize(torch.from_numpy(test_obs).permute(0, 3, 1, 2)))).argmax(-1).numpy()
+    assert (pred == test_ta).mean() > 0.8  # chance: 0.2
+    # the rebuttal's offline variant: L_ft on labelled video windows, re-cloning, no env interaction
+    os.makedirs(tmp_path / "labelled")
+    r = run_bcvlr(f"--env-id bigfish --video-dir {procgen_dir} {TINY} --labelled-video-transitions 100",
+                  cwd=tmp_path / "labelled")
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.load(open(os.path.join(_results(tmp_path / "labelled")[0], "results.json")))
+    assert res["variant"] == "labelled_video" and res["env_steps"] == 0 and np.isfinite(res["episodic_return_mean"])
 
 
 # ---------------------------------------------------------------- learning: latent actions carry the true actions

@@ -49,14 +49,16 @@ def record(env_id, episodes, steps, seed=0):
     return out
 
 
-def write_official(folder, episodes):
-    """Official layout: train/0.npz with obs [N, 9, 64, 64] uint8 and ta, done, rewards, ep_returns."""
+def write_official(folder, episodes, with_actions=True):
+    """Official layout: train/0.npz with obs [N, 9, 64, 64] uint8 and ta (unless with_actions=False), done, rewards,
+    ep_returns."""
     (folder / "train").mkdir(parents=True, exist_ok=True)
     obs = np.concatenate([e[0] for e in episodes])
     done = np.concatenate([np.arange(len(e[0])) == len(e[0]) - 1 for e in episodes])
     ep_returns = np.concatenate([np.full(len(e[0]), e[2].sum(), np.float32) for e in episodes])
-    np.savez(folder / "train" / "0.npz", obs=obs, ta=np.concatenate([e[1] for e in episodes]), done=done,
-             rewards=np.concatenate([e[2] for e in episodes]), ep_returns=ep_returns)
+    ta = dict(ta=np.concatenate([e[1] for e in episodes])) if with_actions else {}
+    np.savez(folder / "train" / "0.npz", obs=obs, done=done, rewards=np.concatenate([e[2] for e in episodes]),
+             ep_returns=ep_returns, **ta)
 
 
 def write_mp4(path, frames, size=None):
@@ -211,7 +213,7 @@ class CounterEnv(__import__("gymnasium").Env):
 
 
 def test_frame_stack_across_resets_matches_loader_stacking():
-    env = bc.FrameStack(CounterEnv(), 3)
+    env = bc.frame_stack(CounterEnv(), 3)
     values = lambda o: [int(o[3 * i, 0, 0]) for i in range(3)]  # noqa: E731  oldest first
     obs, _ = env.reset()
     seen = [obs]
@@ -296,6 +298,7 @@ BAD_CASES = {
     "wrong_dtype": ("reacher_hard", "wrong_dtype", "dtype float32"),
     "too_few": ("reacher_hard", "too_few", "usable frame pairs"),
     "unknown_env": ("nope_nothing", "too_few", "unknown env id"),
+    "ceiling_without_ta": ("reacher_hard", "no_ta", "--true-action-bc learns from the videos' true actions"),
 }
 
 
@@ -313,7 +316,10 @@ def test_bad_input_is_one_line_error(tmp_path, case):
         np.savez(folder / "train" / "0.npz", obs=np.zeros((40, 9, 64, 64), np.float32))
     elif kind == "too_few":
         np.savez(folder / "train" / "0.npz", obs=np.zeros((5, 9, 64, 64), np.uint8))
-    result = run(["--env-id", env_id, "--video-dir", str(folder), *TINY], tmp_path)
+    elif kind == "no_ta":
+        np.savez(folder / "train" / "0.npz", obs=np.zeros((40, 9, 64, 64), np.uint8))
+    flags = ["--true-action-bc"] if kind == "no_ta" else []
+    result = run(["--env-id", env_id, "--video-dir", str(folder), *TINY, *flags], tmp_path)
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
     assert "Traceback" not in output
@@ -368,6 +374,64 @@ def test_end_to_end_dmcontrol(tmp_path, reacher_episodes):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "offline stages 1-3 done" in result.stdout and "stage 1" not in result.stderr
     assert not (Path(glob.glob(str(tmp_path / "runs2" / "runs" / "*"))[0]) / "offline.pt").exists()
+
+
+def test_diagnostics_do_not_change_training(tmp_path, reacher_episodes):
+    # the probe (stage 2) and the decoded-action diagnostic (online) read `ta` and draw from their own random streams:
+    # the same run on videos without `ta` (no diagnostics at all) must train bit-identical networks
+    models = []
+    for name, with_actions in (("diag", True), ("nodiag", False)):
+        write_official(tmp_path / name / "expert_data" / "reacher_hard", reacher_episodes, with_actions)
+        result = run(["--env-id", "reacher_hard", "--total-timesteps", "40", *TINY, "--probe-every", "1"], tmp_path / name)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert ("[diagnostic] lam step 1" in result.stdout) == with_actions
+        [path] = glob.glob(str(tmp_path / name / "runs" / "*" / "bcvlr_continuous.cleanrl_model"))
+        models.append(torch.load(path, weights_only=False))
+    for net in ("policy", "decoder", "idm", "wm"):
+        assert all(torch.equal(models[0][net][k], models[1][net][k]) for k in models[0][net]), net
+
+
+def square_stacks(n, seed):
+    """Synthetic frame stacks whose 2-D action is visible: a bright 12x12 square at (row, col) = 26 (a + 1) on dim noise."""
+    rng = np.random.default_rng(seed)
+    ta = rng.uniform(-1, 1, size=(n, 2)).astype(np.float32)
+    obs = rng.integers(0, 40, size=(n, 9, 64, 64), dtype=np.uint8)
+    for i, (r, c) in enumerate(np.round(26 * (ta + 1)).astype(int)):
+        obs[i, :, r : r + 12, c : c + 12] = 255
+    return obs, ta
+
+
+def test_end_to_end_controls_and_the_ceiling_learns(tmp_path, reacher_episodes):
+    # the ceiling (--true-action-bc) on frames that show their action must learn it: a broken ceiling cannot pass
+    obs, ta = square_stacks(600, seed=0)
+    (tmp_path / "squares" / "train").mkdir(parents=True)
+    np.savez(tmp_path / "squares" / "train" / "0.npz", obs=obs, ta=ta, done=np.arange(600) % 200 == 199)
+    args = ["--env-id", "reacher_hard", "--video-dir", str(tmp_path / "squares"), "--total-timesteps", "40", *TINY,
+            "--no-ssl-encoder", "--true-action-bc", "--bc-steps", "300", "--bc-batch-size", "32", "--bc-lr", "1e-3"]
+    result = run(args, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "stage 2" not in result.stderr and "control: true-action BC" in result.stderr
+    [path] = glob.glob(str(tmp_path / "runs" / "*" / "results.json"))
+    results = json.load(open(path))
+    assert results["variant"] == "true_action_bc" and results["env_steps"] == 0 and results["eval_episodes"] == 1
+    model = torch.load(Path(path).parent / "bcvlr_continuous.cleanrl_model", weights_only=False)
+    a = bc.Args(encoder_channels=8, policy_hidden=32, la_dim=128)
+    policy, decoder = bc.LatentPolicy(bc.Encoder(9, 8), a, 8 * 32 * 32), bc.make_decoder(128, 2)
+    policy.load_state_dict(model["policy"])
+    decoder.load_state_dict(model["decoder"])
+    test_obs, test_ta = square_stacks(500, seed=1)  # fresh frames
+    with torch.no_grad():
+        mse = ((decoder(policy(torch.from_numpy(test_obs))) - torch.from_numpy(test_ta)) ** 2).mean().item()
+    assert mse < 0.1  # predicting the mean action: 1/3
+    # the rebuttal's offline variant: L_ft on labelled video pairs, re-cloning, no env interaction
+    write_official(tmp_path / "labelled" / "expert_data" / "reacher_hard", reacher_episodes)
+    result = run(["--env-id", "reacher_hard", "--total-timesteps", "40", *TINY, "--labelled-video-transitions", "20"],
+                 tmp_path / "labelled")
+    assert result.returncode == 0, result.stdout + result.stderr
+    [path] = glob.glob(str(tmp_path / "labelled" / "runs" / "*" / "results.json"))
+    results = json.load(open(path))
+    assert results["variant"] == "labelled_video" and results["env_steps"] == 0 and results["eval_episodes"] == 1
+    assert len((Path(path).parent / "eval.csv").read_text().strip().splitlines()) == 1 + 2  # two rounds, as online
 
 
 def test_end_to_end_metaworld_from_mp4(tmp_path):

@@ -48,6 +48,6 @@ def test_idm_check_bad_checkpoint_is_one_line_error(tmp_path):
     with pytest.raises(SystemExit, match="error: --offline-checkpoint .* does not exist"):
         _idm_check(env_id="coinrun", updates=1, offline_checkpoint=str(tmp_path / "missing.pt"))
     bad = tmp_path / "other.pt"
-    torch.save({"f": {}, "p": {}, "args": {}}, bad)  # a continuous checkpoint given to a Procgen game
+    torch.save({"encoder": {"convnet.0.weight": torch.zeros(1)}, "idm": {}, "args": {}}, bad)  # a continuous one
     with pytest.raises(SystemExit, match="is not an offline.pt of bcvlr.py"):
         _idm_check(env_id="coinrun", updates=1, offline_checkpoint=str(bad))
