@@ -809,6 +809,21 @@ def latent_dynamics_loss(idm, wm, feats):
     return F.mse_loss(pred, feats[:, -1]) + commit, la, perplexity
 
 
+@torch.no_grad()
+def latent_action_usage(idm, wm, feats):
+    """Signs of a collapse (diagnostic, logged and never trained on): (a) how much w's prediction error grows when la_q
+    is replaced by its batch mean, about 0 when w ignores the latent action; (b) the across-batch std of p's latent
+    actions, about 0 when p outputs a constant. No VQ EMA update (the VQ runs in eval mode here)."""
+    la = idm.latent_action(feats)
+    vq_training = idm.vq.training
+    la_q = idm.vq.eval()(la)[0]
+    idm.vq.train(vq_training)
+    ctx, target = feats[:, :-1].flatten(1, 2), feats[:, -1]
+    mean_la_q = la_q.mean(0, keepdim=True).expand_as(la_q)
+    usage = F.mse_loss(wm(ctx, mean_la_q), target) - F.mse_loss(wm(ctx, la_q), target)
+    return usage, la.std(0).mean()
+
+
 def bc_loss(policy, idm, window, feats):
     """Eq. L_bc (poster): ||pi(o_t) - sg z_t||^2 with z_t = p's pre-VQ latent action of the window."""
     with torch.no_grad():
@@ -1012,6 +1027,7 @@ if __name__ == "__main__":
             soft_update(ssl.target_projector, ssl.projector, args.ssl_tau)
             if step % 100 == 0 or step == args.ssl_steps - 1:
                 writer.add_scalar("offline/ssl_loss", loss.item(), step)
+                writer.add_scalar("diagnostics/ssl_gap_to_uniform", np.log(args.num_protos) - loss.item(), step)  # 0: collapse
                 pbar.set_postfix(loss=f"{loss.item():.4f}")
         del ssl, optimizer
         wall["ssl"] = time.time() - t
@@ -1050,9 +1066,12 @@ if __name__ == "__main__":
             nn.utils.clip_grad_norm_(list(idm.parameters()) + list(wm.parameters()), args.lam_grad_clip)
             optimizer.step()
             if step % 100 == 0 or step == args.lam_steps - 1:
+                usage, la_std = latent_action_usage(idm, wm, feats)  # signs of a collapse: about 0 = la unused
                 writer.add_scalar("offline/lam_loss", loss.item(), step)
                 writer.add_scalar("offline/vq_perplexity", perplexity.item(), step)
-                pbar.set_postfix(loss=f"{loss.item():.4f}", perplexity=f"{perplexity.item():.1f}")
+                writer.add_scalar("diagnostics/latent_action_usage", usage.item(), step)
+                writer.add_scalar("diagnostics/latent_action_std", la_std.item(), step)
+                pbar.set_postfix(loss=f"{loss.item():.4f}", perplexity=f"{perplexity.item():.1f}", usage=f"{usage.item():.2g}")
             if offline_videos.ta is not None and ((step + 1) % args.probe_every == 0 or step + 1 == args.lam_steps):
                 n_probe = min(args.probe_windows, 2 * len(offline_videos.valid))
                 probe_mse, mean_mse = probe_latent_actions(idm, encoder, offline_videos, device, n=n_probe)
