@@ -793,7 +793,7 @@ if __name__ == "__main__":
         stages_done = ckpt["stages_done"]
         print(f"loaded {args.offline_checkpoint}: offline stages 1-{stages_done} done")
     policy = LatentPolicy(encoder, args).to(device)
-    if stages_done >= 3:
+    if stages_done >= 3 and not args.true_action_bc:  # the ceiling clones from scratch, on the checkpoint's f
         policy.load_state_dict(ckpt["policy"])
     decoder = make_decoder(args.la_dim).to(device)
     for name, net in [("encoder f", encoder), ("IDM p", idm), ("world model w", wm), ("policy pi", policy.trunk),

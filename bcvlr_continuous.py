@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn as nn
@@ -30,6 +29,8 @@ import torch.nn.functional as F
 import tyro
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import trange
+
+from continuous_envs import DMC_ALIASES, JACO_TARGETS, frame_stack, is_metaworld, make_env  # noqa: F401
 
 
 @dataclass
@@ -191,14 +192,7 @@ class DataError(Exception):
     """Bad input (missing/corrupted videos, unknown env id): reported as one line, exit status 1."""
 
 
-# ----------------------------------------------------------------------------- environments
-def is_metaworld(env_id: str) -> bool:
-    return env_id.endswith("-v3")
-
-
-DMC_ALIASES = {"cup_catch": ("ball_in_cup", "catch"), "cheetah_run_backward": ("cheetah", "run_backward")}
-
-
+# ----------------------------------------------------------------------------- environments (continuous_envs.py)
 def official_online_schedule(env_id: str):
     """The official run_online.py's per-task online settings, in one place: L_ft updates per round (a function of the
     agent step), weight of the dynamics term, learning rate of w. reacher_* and jaco_*: 100, 1e-3, 1e-3; the other DMC
@@ -237,144 +231,6 @@ def check_env_id(env_id: str):
     )
 
 
-def load_cheetah_run_backward(seed):
-    """URLB's cheetah `run_backward`: the suite's cheetah run task, rewarded for running in the -x direction. As in URLB's
-    cheetah.xml the floor is drawn 200 m long instead of 100 m, so it stays visible behind the start."""
-    from dm_control.rl import control
-    from dm_control.suite import cheetah
-    from dm_control.utils import rewards
-
-    class RunBackward(cheetah.Cheetah):
-        def get_reward(self, physics):
-            speed = cheetah._RUN_SPEED  # 10 m/s, as in the suite's run task
-            bounds = (speed, float("inf"))
-            return rewards.tolerance(-physics.speed(), bounds=bounds, margin=speed, value_at_margin=0, sigmoid="linear")
-
-    xml, assets = cheetah.get_model_and_assets()
-    physics = cheetah.Physics.from_xml_string(xml.replace(b'size="100 .8 .5"', b'size="200 .8 .5"'), assets)
-    return control.Environment(physics, RunBackward(random=seed), time_limit=cheetah._DEFAULT_TIME_LIMIT)
-
-
-JACO_TARGETS = {"top_left": (-0.09, 0.09), "top_right": (0.09, 0.09), "bottom_left": (-0.09, -0.09),
-                "bottom_right": (0.09, -0.09)}
-
-
-def load_jaco_reach(target, seed):
-    """URLB's Jaco `reach_<target>`: dm_control's manipulation Reach task (Jaco arm, Duplo brick as target) with the brick
-    always at one fixed corner; 10 s episodes at a 0.04 s control step (250 env steps). Pixels from camera `front_close`."""
-    from dm_control import composer
-    from dm_control.entities import props
-    from dm_control.manipulation import reach
-    from dm_control.manipulation.shared import arenas, constants, observations, robots, workspaces
-
-    x, y = JACO_TARGETS[target]
-    workspace = reach._DUPLO_WORKSPACE._replace(target_bbox=workspaces.BoundingBox(lower=(x, y, 0.001), upper=(x, y, 0.001)))
-    obs = observations.PERFECT_FEATURES  # no camera observables: we render the pixels ourselves
-    prop = props.Duplo(observable_options=observations.make_options(obs, observations.FREEPROP_OBSERVABLES))
-    task = reach.Reach(arena=arenas.Standard(), arm=robots.make_arm(obs_settings=obs), hand=robots.make_hand(obs_settings=obs),
-                       prop=prop, obs_settings=obs, workspace=workspace, control_timestep=constants.CONTROL_TIMESTEP)
-    return composer.Environment(task, time_limit=10.0, random_state=seed)
-
-
-class DMCPixels(gym.Env):
-    """A DMControl task as a gymnasium env: actions in [-1, 1]^A rescaled to the actuator range, observation = one
-    64x64 RGB frame (camera 0, Jaco front_close; fast render settings); `action_repeat` control steps per action."""
-
-    def __init__(self, env_id, seed, action_repeat, size=64):
-        from dm_control import suite
-
-        self.camera = "front_close" if env_id.startswith("jaco_reach_") else 0
-        if env_id.startswith("jaco_reach_"):
-            self._env = load_jaco_reach(env_id[len("jaco_reach_") :], seed)
-        elif env_id == "cheetah_run_backward":
-            self._env = load_cheetah_run_backward(seed)
-        else:
-            domain, task = DMC_ALIASES.get(env_id) or next((d, t) for d, t in suite.ALL_TASKS if f"{d}_{t}" == env_id)
-            self._env = suite.load(domain, task, task_kwargs={"random": seed})
-        quality = self._env.physics.model.vis.quality  # fast rendering: no MSAA, no shadows (dependencies.md §2)
-        quality.offsamples, quality.shadowsize = 0, 0
-        spec = self._env.action_spec()
-        self._low, self._high = spec.minimum.astype(np.float32), spec.maximum.astype(np.float32)
-        self.action_repeat, self.size = action_repeat, size
-        self.action_space = gym.spaces.Box(-1.0, 1.0, spec.shape, np.float32)
-        self.observation_space = gym.spaces.Box(0, 255, (size, size, 3), np.uint8)
-
-    def _frame(self):
-        return self._env.physics.render(height=self.size, width=self.size, camera_id=self.camera)
-
-    def reset(self, seed=None, options=None):
-        super().reset(seed=seed)
-        self._env.reset()
-        return self._frame(), {}
-
-    def step(self, action):
-        action = self._low + (np.clip(action, -1.0, 1.0) + 1.0) / 2.0 * (self._high - self._low)  # [-1,1] -> [low,high]
-        reward = 0.0
-        for _ in range(self.action_repeat):
-            time_step = self._env.step(action)
-            reward += time_step.reward or 0.0
-            if time_step.last():
-                break
-        return self._frame(), reward, False, time_step.last(), {}
-
-
-class MetaworldPixels(gym.Env):
-    """A Metaworld v3 MT1 task from pixels: camera corner2 at 64x64 flipped upright, fast render settings, 500-step
-    episodes; info["success"] is 1.0 if the task was solved at any env step inside this agent step."""
-
-    def __init__(self, env_id, seed, action_repeat, size=64):
-        import metaworld  # noqa: F401  (registers Meta-World/MT1)
-
-        kw = dict(env_name=env_id, seed=seed, render_mode="rgb_array", camera_name="corner2", width=size, height=size)
-        self._env = gym.make("Meta-World/MT1", **kw)
-        quality = self._env.unwrapped.model.vis.quality
-        quality.offsamples, quality.shadowsize = 0, 0
-        self.action_repeat = action_repeat
-        self.action_space = gym.spaces.Box(-1.0, 1.0, self._env.action_space.shape, np.float32)
-        self.observation_space = gym.spaces.Box(0, 255, (size, size, 3), np.uint8)
-
-    def _frame(self):
-        return np.ascontiguousarray(self._env.render()[::-1, ::-1])  # corner cameras render upside down
-
-    def reset(self, seed=None, options=None):
-        super().reset(seed=seed)
-        self._env.reset()
-        return self._frame(), {}
-
-    def step(self, action):
-        reward, success = 0.0, 0.0
-        for _ in range(self.action_repeat):
-            _, r, terminated, truncated, info = self._env.step(np.clip(action, -1.0, 1.0))
-            reward, success = reward + r, max(success, float(info["success"]))
-            if terminated or truncated:
-                break
-        return self._frame(), reward, terminated, truncated, {"success": success}
-
-    def close(self):
-        self._env.close()  # frees the EGL context now (otherwise an ignored traceback is printed at exit)
-
-
-def frame_stack(env, k=3):
-    """Observation = the last k frames channels-first, oldest first: k x [H, W, 3] -> [3k, H, W] uint8. At reset the first
-    frame is repeated k times (gymnasium's FrameStackObservation, padding 'reset', as DrQ-v2), exactly as in the videos."""
-    h, w, c = env.observation_space.shape
-    env = gym.wrappers.FrameStackObservation(env, k, padding_type="reset")  # [k, H, W, 3]
-    space = gym.spaces.Box(0, 255, (k * c, h, w), np.uint8)
-    return gym.wrappers.TransformObservation(env, lambda o: o.transpose(0, 3, 1, 2).reshape(k * c, h, w), space)
-
-
-def make_env(env_id, seed, action_repeat=-1, max_episode_steps=0, frame_stack_size=3):
-    """The env of agent and experts: 64x64 RGB, frame stack 3 -> [9, 64, 64] uint8, action repeat, actions in [-1, 1]."""
-    check_env_id(env_id)
-    action_repeat = action_repeat if action_repeat > 0 else (1 if is_metaworld(env_id) else 2)
-    env = (MetaworldPixels if is_metaworld(env_id) else DMCPixels)(env_id, seed, action_repeat)
-    if max_episode_steps > 0:
-        env = gym.wrappers.TimeLimit(env, max_episode_steps)
-    env = frame_stack(env, frame_stack_size)
-    env.action_space.seed(seed)
-    return env
-
-
 # ----------------------------------------------------------------------------- data
 VIDEO_EXTS = (".mp4", ".gif", ".webm", ".avi")
 
@@ -388,7 +244,7 @@ def one_line(e):
 
 
 def stack_frames(frames, k=3):
-    """[T, H, W, 3] frames of ONE episode -> [T, 3k, H, W] stacks, oldest first, first frame repeated (like FrameStack)."""
+    """[T, H, W, 3] frames of ONE episode -> [T, 3k, H, W] stacks, oldest first, first frame repeated (like frame_stack)."""
     idx = np.clip(np.arange(len(frames))[:, None] + np.arange(-k + 1, 1)[None, :], 0, None)  # [T, k] source frame ids
     stacks = frames[idx]  # [T, k, H, W, 3]
     t, _, h, w, c = stacks.shape
@@ -1000,7 +856,7 @@ if __name__ == "__main__":
         stages_done = ckpt["stages_done"]
         print(f"loaded {args.offline_checkpoint}: offline stages 1-{stages_done} done")
     policy = LatentPolicy(encoder, args, feat_dim).to(device)
-    if stages_done >= 3:
+    if stages_done >= 3 and not args.true_action_bc:  # the ceiling clones from scratch, on the checkpoint's f
         policy.load_state_dict(ckpt["policy"])
     decoder = make_decoder(args.la_dim, act_dim).to(device)
     for name, net in [("encoder f", encoder), ("IDM p", idm), ("world model w", wm), ("policy pi", policy.trunk),

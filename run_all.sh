@@ -56,7 +56,7 @@ DMC_TASKS="point_mass_easy reacher_easy reacher_hard finger_spin cup_catch"
 FULL_TASKS="$PROCGEN_GAMES point_mass_easy reacher_easy reacher_hard finger_spin cup_catch \
 faucet-open-v3 reach-v3 drawer-open-v3 faucet-close-v3"
 CPU_TASKS="coinrun jumper reacher_easy reacher_hard reach-v3 faucet-close-v3"
-VARIANTS="bcvlr no_finetune"
+VARIANTS="${VARIANTS:-bcvlr no_finetune true_action_bc}"
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PYTHON="${PYTHON:-python}"
@@ -81,6 +81,7 @@ Environment variables:
   WORKERS   parallel jobs (default 2 for cpu, 1 for full); each job gets OMP_NUM_THREADS = max(1, nproc / WORKERS)
   THREADS   override that OMP_NUM_THREADS (e.g. 1 when two invocations share the machine)
   SEEDS     seeds (default "1 2 3")
+  VARIANTS  variants (default "bcvlr no_finetune true_action_bc")
   DATA_DIR  expert videos, one folder per task (default expert_data)
   OUT       run folders (default runs_all/<scale>)
   RESULTS   tables and plots (default results/<scale>)
@@ -91,16 +92,19 @@ Steps:
        python experts/<suite>_expert.py --env-id <task> --out-dir \$DATA_DIR/<task> <expert flags>
      (up to WORKERS at once; log in \$OUT/experts/<task>/log.txt). If it fails, that task's runs are skipped and
      reported as failed; the other tasks go on.
-  2. Runs: one job per (task, seed), WORKERS jobs at once. A job runs two variants one after the other:
-       bcvlr        the full method
-       no_finetune  same flags + --no-finetune-latent-actions --offline-checkpoint <bcvlr's runs/*/offline.pt>
-                    (both variants share one offline pre-training and differ only online)
+  2. Runs: one job per (task, seed), WORKERS jobs at once. A job runs the variants one after the other:
+       bcvlr           the full method
+       no_finetune     same flags + --no-finetune-latent-actions --offline-checkpoint <bcvlr's runs/*/offline.pt>
+                       (both variants share one offline pre-training and differ only online)
+       true_action_bc  same flags + --true-action-bc --offline-checkpoint <the same offline.pt>: the ceiling, pi
+                       and d cloned on the videos' true actions with the same frozen f (a control, not BCV-LR)
+     VARIANTS (default "bcvlr no_finetune true_action_bc") selects among them; bcvlr always runs first.
      Each variant runs in \$OUT/<suite>/<task>/<variant>/seed<k>/ (the learner's runs/ folder lands there) and
      writes log.txt (stdout+stderr), cmd.txt (the command) and exit_code there.
      Re-running is safe: a variant is skipped when it has a runs/*/results.json with "interrupted": false and
      its exit_code is 0; a variant that failed (non-zero exit_code), was interrupted ("interrupted": true), or
      never finished (no results.json) is run again from scratch in the same folder (old runs/* are kept).
-     no_finetune is skipped (file 'skipped' with the reason) when bcvlr did not finish.
+     no_finetune and true_action_bc are skipped (file 'skipped' with the reason) when bcvlr did not finish.
   3. Tables and plots: python scripts/aggregate.py \$OUT --scale <scale> --seeds <SEEDS> --tasks <tasks>
        --data-dir \$DATA_DIR --out \$RESULTS  ->  \$RESULTS/README.md, <suite>.md, <task>.png
 
@@ -211,7 +215,7 @@ run_job() {  # <scale> <task> <seed>
     local flags=()
     read -r -a flags <<< "$(flags_for "$scale" "$suite" learner)"
     local base=("$PYTHON" "$script" --env-id "$task" --seed "$seed" --video-dir "$DATA_DIR/{env_id}" "${flags[@]}")
-    local dir_b="$OUT/$suite/$task/bcvlr/seed$seed" dir_n="$OUT/$suite/$task/no_finetune/seed$seed"
+    local dir_b="$OUT/$suite/$task/bcvlr/seed$seed"
     echo "[start] $suite/$task seed$seed"
     start=$SECONDS
 
@@ -222,26 +226,32 @@ run_job() {  # <scale> <task> <seed>
         status="$(run_and_report bcvlr "$dir_b" "${base[@]}")" || failed=1
     fi
 
-    # variant 2: no_finetune, from bcvlr's offline pre-training
-    local res ckpt
+    # variants 2 and 3 start from bcvlr's offline pre-training: no_finetune (p fixed online) and true_action_bc (the
+    # ceiling: pi and d cloned on the videos' true actions, on the same frozen f)
+    local res ckpt variant dir extra
     res=""
     variant_done "$dir_b" && res="$(complete_results "$dir_b")"
     ckpt="${res%/results.json}/offline.pt"
-    if variant_done "$dir_n"; then
-        status="$status; no_finetune: done before (skipped)"
-    elif [ -z "$res" ] || [ ! -f "$ckpt" ]; then
-        mkdir -p "$dir_n"
-        rm -f "$dir_n/exit_code"
-        if [ -z "$res" ]; then
-            echo "the bcvlr variant did not finish, so there is no offline pre-training to share" > "$dir_n/skipped"
+    for variant in no_finetune true_action_bc; do
+        [[ " $VARIANTS " == *" $variant "* ]] || continue
+        dir="$OUT/$suite/$task/$variant/seed$seed"
+        extra=(--no-finetune-latent-actions); [ "$variant" = true_action_bc ] && extra=(--true-action-bc)
+        if variant_done "$dir"; then
+            status="$status; $variant: done before (skipped)"
+        elif [ -z "$res" ] || [ ! -f "$ckpt" ]; then
+            mkdir -p "$dir"
+            rm -f "$dir/exit_code"
+            if [ -z "$res" ]; then
+                echo "the bcvlr variant did not finish, so there is no offline pre-training to share" > "$dir/skipped"
+            else
+                echo "no offline.pt next to $res (was --no-save-model given?)" > "$dir/skipped"
+            fi
+            status="$status; $variant: SKIPPED ($(cat "$dir/skipped"))"; failed=1
         else
-            echo "no offline.pt next to $res (was --no-save-model given?)" > "$dir_n/skipped"
+            status="$status; $(run_and_report "$variant" "$dir" "${base[@]}" "${extra[@]}" --offline-checkpoint "$ckpt")" \
+                || failed=1
         fi
-        status="$status; no_finetune: SKIPPED ($(cat "$dir_n/skipped"))"; failed=1
-    else
-        status="$status; $(run_and_report no_finetune "$dir_n" "${base[@]}" --no-finetune-latent-actions \
-            --offline-checkpoint "$ckpt")" || failed=1
-    fi
+    done
     echo "[end  ] $suite/$task seed$seed: $status; total $(fmt_time $((SECONDS - start)))"
     return "$failed"
 }

@@ -3,7 +3,8 @@
 
 Reads   <runs>/<suite>/<task>/<variant>/seed<k>/{runs/*/results.json, runs/*/events.out.tfevents.*, exit_code,
         log.txt, skipped}  and  <data-dir>/<task>/info.json  (uniform-random and demonstrator numbers).
-Writes  <out>/<suite>.md (one table per suite), <out>/<task>.png (learning curves), <out>/README.md (summary).
+Writes  <out>/<suite>.md (one table per suite), <out>/<task>.png (learning curves), <out>/README.md (summary) and
+        <out>/summary.json (the tables' numbers, machine-readable).
 
     python scripts/aggregate.py runs_all/cpu --scale cpu --seeds 1 2 3 --data-dir expert_data --out results/cpu
 
@@ -23,8 +24,9 @@ PROCGEN_GAMES = ("bigfish bossfight caveflyer chaser climber coinrun dodgeball f
                  "miner ninja plunder starpilot").split()
 SUITES = ("procgen", "dmc", "metaworld")
 SUITE_TITLES = {"procgen": "Procgen", "dmc": "DMControl", "metaworld": "Metaworld"}
-VARIANTS = ("bcvlr", "no_finetune")
-VARIANT_LABELS = {"bcvlr": "BCV-LR (ours)", "no_finetune": "no-finetune ablation (ours)"}
+VARIANTS = ("bcvlr", "no_finetune", "true_action_bc")
+VARIANT_LABELS = {"bcvlr": "BCV-LR (ours)", "no_finetune": "no-finetune ablation (ours)",
+                  "true_action_bc": "true-action ceiling (ours)"}
 DECIMALS = {"procgen": 2, "dmc": 1, "metaworld": 2}
 CURVE_BINS = 20  # Procgen training episodes are averaged per 5% of the online budget
 
@@ -188,6 +190,29 @@ def summarize(runs):
     return values, problems
 
 
+def share_of(x, low, high):
+    """(x - low) / (high - low), or None where a number is missing or high == low."""
+    if not (finite(x) and finite(low) and finite(high)) or high == low:
+        return None
+    return (x - low) / (high - low)
+
+
+def summary_json(tasks, table, infos):
+    """The tables' numbers: {suite: {task: {random, demonstrator, variants: {v: {mean, std, n, not_ok}}}}}."""
+    out = {}
+    for task in tasks:
+        suite = suite_of(task)
+        rand, demo = random_and_demo(suite, infos[task])
+        variants = {}
+        for v in VARIANTS:
+            values, problems = summarize(table[task][v])
+            variants[v] = {"mean": float(np.mean(values)) if values else None,
+                           "std": float(np.std(values)) if values else None, "n": len(values), "not_ok": problems}
+        out.setdefault(suite, {})[task] = {"random": rand if finite(rand) else None,
+                                           "demonstrator": demo if finite(demo) else None, "variants": variants}
+    return out
+
+
 def suite_table(suite, tasks, table, infos, seeds, runs_dir):
     d = DECIMALS[suite]
     what = "final-evaluation success rate" if suite == "metaworld" else "final-evaluation episodic return"
@@ -200,13 +225,15 @@ def suite_table(suite, tasks, table, infos, seeds, runs_dir):
         "",
     ]
     unit = ", success rate" if suite == "metaworld" else ""
-    header = ["task", f"BCV-LR (ours{unit})", f"no-finetune ablation (ours{unit})", "uniform random (measured)",
-              "demonstrator videos (measured)", "BCV-LR video-normalised (ours)", "paper BCV-LR", "paper expert videos"]
+    header = ["task", f"BCV-LR (ours{unit})", f"no-finetune ablation (ours{unit})", f"true-action ceiling (ours{unit})",
+              "uniform random (measured)", "demonstrator videos (measured)", "ceiling normalised (ours)",
+              "BCV-LR share of the ceiling (ours)", "BCV-LR video-normalised (ours)", "paper BCV-LR",
+              "paper expert videos"]
     lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-    notes, col_values = [], {k: [] for k in ("bcvlr", "no_finetune", "norm", "paper", "paper_expert")}
+    notes, col_values = [], {k: [] for k in VARIANTS + ("ceiling_norm", "share", "norm", "paper", "paper_expert")}
     for task in tasks:
         rand, demo = random_and_demo(suite, infos[task])
-        cells, bcvlr_mean = [task], None
+        cells, means = [task], {}
         for v in VARIANTS:
             values, problems = summarize(table[task][v])
             n = f"n={len(values)}/{len(seeds)}"
@@ -214,8 +241,7 @@ def suite_table(suite, tasks, table, infos, seeds, runs_dir):
                 mean, std = float(np.mean(values)), float(np.std(values))
                 cell = f"{fmt_pm(mean, std, d)} ({n})"
                 col_values[v].append(mean)
-                if v == "bcvlr":
-                    bcvlr_mean = mean
+                means[v] = mean
             else:
                 cell = f"— ({n})"
                 col_values[v].append(None)
@@ -224,25 +250,33 @@ def suite_table(suite, tasks, table, infos, seeds, runs_dir):
                              + f" (folder `{os.path.join(suite, task, v)}/seed<k>/`)")
                 cell += f" [note {len(notes)}]"
             cells.append(cell)
+        bcvlr_mean, ceiling = means.get("bcvlr"), means.get("true_action_bc")
         norm = bcvlr_mean / demo if (bcvlr_mean is not None and finite(demo) and demo != 0) else None
-        col_values["norm"].append(norm)
+        ceiling_norm, share = share_of(ceiling, rand, demo), share_of(bcvlr_mean, rand, ceiling)
+        for key, x in (("norm", norm), ("ceiling_norm", ceiling_norm), ("share", share)):
+            col_values[key].append(x)
         paper_mean, paper_std, paper_expert = paper_numbers(suite, task)
         paper_decimals = 2 if suite == "metaworld" else 1
         paper_bcvlr = fmt_pm(paper_mean, paper_std, paper_decimals) if paper_mean is not None else "—"
         col_values["paper"].append(paper_mean)
         col_values["paper_expert"].append(paper_expert)
-        cells += [fmt(rand, d), fmt(demo, d), fmt(norm, 2), paper_bcvlr, fmt(paper_expert, paper_decimals)]
+        cells += [fmt(rand, d), fmt(demo, d), fmt(ceiling_norm, 2), fmt(share, 2), fmt(norm, 2), paper_bcvlr,
+                  fmt(paper_expert, paper_decimals)]
         lines.append("| " + " | ".join(cells) + " |")
     if len(tasks) > 1:  # a mean row only for the columns with a number for every task of this table
         def mean_of(key, decimals):
             vals = col_values[key]
             return f"**{np.mean(vals):.{decimals}f}**" if all(x is not None for x in vals) else "—"
-        lines.append(f"| **mean of these {len(tasks)} tasks** | {mean_of('bcvlr', d)} | {mean_of('no_finetune', d)} | | | "
+        lines.append(f"| **mean of these {len(tasks)} tasks** | {mean_of('bcvlr', d)} | {mean_of('no_finetune', d)} | "
+                     f"{mean_of('true_action_bc', d)} | | | {mean_of('ceiling_norm', 2)} | {mean_of('share', 2)} | "
                      f"{mean_of('norm', 2)} | {mean_of('paper', d)} | {mean_of('paper_expert', d)} |")
     lines.append("")
     lines.append("\"—\" = no number (no successful seed, no `info.json` field, or not in the paper's poster). "
-                 "Video-normalised = BCV-LR (ours) mean / demonstrator videos (measured)"
-                 + (", both success rates." if suite == "metaworld" else "."))
+                 "The true-action ceiling is behaviour cloning of the same pi and d on the videos' true actions "
+                 "(`--true-action-bc`, same frozen f as `bcvlr`): a control, not BCV-LR. Ceiling normalised = (ceiling "
+                 "- random) / (demonstrator - random); BCV-LR share of the ceiling = (BCV-LR - random) / (ceiling - "
+                 "random), both from the means. Video-normalised = BCV-LR (ours) mean / demonstrator videos (measured)"
+                 + (", all success rates." if suite == "metaworld" else "."))
     if suite == "dmc":
         lines.append("")
         lines.append("The poster has no DMControl table, so \"paper BCV-LR\" is empty; the paper's expert-video returns of "
@@ -301,8 +335,14 @@ def plot_task(path, suite, task, runs, rand, demo, paper):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    colors = {"bcvlr": "tab:blue", "no_finetune": "tab:orange"}
+    colors = {"bcvlr": "tab:blue", "no_finetune": "tab:orange", "true_action_bc": "tab:purple"}
     for v in VARIANTS:
+        ceiling = [r["value"] for r in runs[v].values() if r["status"] == "ok"] if v == "true_action_bc" else []
+        if ceiling:  # a control with no online stage: one line at its mean final evaluation
+            ax.axhline(np.mean(ceiling), color=colors[v], linestyle="-.",
+                       label=f"true-action ceiling (ours), {len(ceiling)} seed(s)")
+        if v == "true_action_bc":
+            continue
         curves, finals = [], []
         for s in sorted(runs[v]):
             r = runs[v][s]
@@ -374,8 +414,9 @@ def summary(args, tasks, seeds, table, runs_dir, repo):
         f"# BCV-LR results, scale `{args.scale}`",
         "",
         f"Made by `scripts/aggregate.py` from the run folders of `run_all.sh {args.scale}`. Seeds: "
-        f"{', '.join(map(str, seeds))}. Variants: `bcvlr` (the full method) and `no_finetune` "
-        "(`--no-finetune-latent-actions`, same offline pre-training as `bcvlr`, loaded from its `offline.pt`).",
+        f"{', '.join(map(str, seeds))}. Variants: `bcvlr` (the full method), `no_finetune` "
+        "(`--no-finetune-latent-actions`) and `true_action_bc` (`--true-action-bc`, the ceiling: pi and d cloned on the "
+        "videos' true actions, a control that is not BCV-LR); the last two load `bcvlr`'s `offline.pt` (the same f).",
         "",
         f"Runs: {total} expected; " + ", ".join(f"{counts[k]} {k}" for k in sorted(counts)) + ".",
         "",
@@ -408,7 +449,8 @@ def summary(args, tasks, seeds, table, runs_dir, repo):
                 lines.append(f"| {suite_of(task)} | {task} | {v} | {s} | {status} | "
                              + " | ".join(fmt(p, 0) for p in parts) + f" | {fmt(tot, 0)} | "
                              + (str(steps) if steps is not None else "—") + " |")
-    lines += ["", "`no_finetune` loads the offline stages from `bcvlr`'s `offline.pt`, so its ssl/lam/bc times are ~0.",
+    lines += ["", "`no_finetune` and `true_action_bc` load the offline stages from `bcvlr`'s `offline.pt`, so their "
+              "ssl/lam times are ~0 (the ceiling's cloning time is under bc).",
               "", PAPER_NOTE]
     return "\n".join(lines) + "\n"
 
@@ -457,6 +499,8 @@ def main(argv=None):
     with open(path, "w") as f:
         f.write(summary(args, tasks, seeds, table, args.runs_dir, repo))
     written.append(path)
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(summary_json(tasks, table, infos), f, indent=2)
     not_ok = sum(r["status"] != "ok" for t in tasks for v in VARIANTS for r in table[t][v].values())
     print(f"wrote {len(written)} files to {out}: README.md, " + ", ".join(sorted(os.path.basename(p) for p in written
                                                                              if p.endswith(".md") and "README" not in p)))

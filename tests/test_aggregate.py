@@ -56,8 +56,9 @@ def write_info(data_dir, env_id, **fields):
         json.dump({"env_id": env_id, **fields}, f)
 
 
-BIGFISH = {"bcvlr": [30.0, 34.5, 36.0], "no_finetune": [20.0, 22.0, 27.5]}
+BIGFISH = {"bcvlr": [30.0, 34.5, 36.0], "no_finetune": [20.0, 22.0, 27.5], "true_action_bc": [33.0, 34.0, 35.0]}
 REACH = [0.6, 0.9, 0.3]
+REACH_CEILING = [0.9, 0.8, 1.0]
 REACHER = [900.0, 850.0]
 
 
@@ -65,7 +66,7 @@ REACHER = [900.0, 850.0]
 def fake(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("agg")
     runs, data, out = str(tmp / "runs_all" / "cpu"), str(tmp / "expert_data"), str(tmp / "results" / "cpu")
-    for v, values in BIGFISH.items():  # 3 ok seeds, both variants
+    for v, values in BIGFISH.items():  # 3 ok seeds, all three variants
         for seed, value in enumerate(values, 1):
             curve = [(s, value * s / 50_000) for s in range(1000, 50_001, 1000)]
             write_run(os.path.join(runs, "procgen", "bigfish", v, f"seed{seed}"), "bigfish", seed, value, "procgen",
@@ -86,6 +87,9 @@ def fake(tmp_path_factory):
         for seed, value in enumerate(REACHER, 1):
             write_run(os.path.join(runs, "dmc", "reacher_hard", v, f"seed{seed}"), "reacher_hard", seed, value, "dmc",
                       curve=[(2000, 10.0), (100_000, value)])
+    for seed, value in enumerate(REACH_CEILING, 1):  # the ceiling: one evaluation, no online curve
+        write_run(os.path.join(runs, "metaworld", "reach-v3", "true_action_bc", f"seed{seed}"), "reach-v3", seed, value,
+                  "metaworld", curve=[(0, value)])
     write_info(data, "bigfish", suite="procgen", random_return_mean=0.5, ep_return_mean=35.0)
     write_info(data, "chaser", suite="procgen", random_return_mean=0.6, ep_return_mean=8.0)
     write_info(data, "reach-v3", suite="metaworld", random_return_mean=850.0, random_success_rate=0.0,
@@ -119,9 +123,13 @@ def test_procgen_means_and_paper_columns(fake):
     cells = row(md, "bigfish")
     assert cells[1] == f"{pm(BIGFISH['bcvlr'], 2)} (n=3/3)"
     assert cells[2] == f"{pm(BIGFISH['no_finetune'], 2)} (n=3/3)"
-    assert cells[3] == "0.50" and cells[4] == "35.00"  # uniform random, demonstrator from info.json
-    assert cells[5] == f"{np.mean(BIGFISH['bcvlr']) / 35.0:.2f}"
-    assert cells[6] == "35.9 ± 2.0" and cells[7] == "36.3"  # the poster's BCV-LR and expert-video columns
+    assert cells[3] == f"{pm(BIGFISH['true_action_bc'], 2)} (n=3/3)"
+    assert cells[4] == "0.50" and cells[5] == "35.00"  # uniform random, demonstrator from info.json
+    ceiling = np.mean(BIGFISH["true_action_bc"])
+    assert cells[6] == f"{(ceiling - 0.5) / (35.0 - 0.5):.2f}"  # ceiling normalised
+    assert cells[7] == f"{(np.mean(BIGFISH['bcvlr']) - 0.5) / (ceiling - 0.5):.2f}"  # BCV-LR's share of the ceiling
+    assert cells[8] == f"{np.mean(BIGFISH['bcvlr']) / 35.0:.2f}"
+    assert cells[9] == "35.9 ± 2.0" and cells[10] == "36.3"  # the poster's BCV-LR and expert-video columns
     assert "paper BCV-LR" in md and "paper expert videos" in md
 
 
@@ -130,7 +138,8 @@ def test_failed_missing_interrupted_listed_by_seed(fake):
     cells = row(md, "chaser")
     assert cells[1].startswith("3.00 ± 0.00 (n=1/3)") and "[note" in cells[1]
     assert cells[2].startswith("1.50 ± 0.00 (n=1/3)") and "[note" in cells[2]
-    assert cells[6] == "3.1 ± 0.5" and cells[7] == "10.0"
+    assert cells[3].startswith("— (n=0/3)") and cells[6] == "—" and cells[7] == "—"  # no ceiling runs: no share
+    assert cells[9] == "3.1 ± 0.5" and cells[10] == "10.0"
     notes = md.split("## Notes")[1]
     assert "seed 2: missing" in notes
     assert "seed 3: failed (exit 1)" in notes
@@ -145,17 +154,37 @@ def test_metaworld_success_rate(fake):
     cells = row(md, "reach-v3")
     assert cells[1] == f"{pm(REACH, 2)} (n=3/3)"
     assert cells[2] == f"{pm([v / 2 for v in REACH], 2)} (n=3/3)"
-    assert cells[3] == "0.00" and cells[4] == "0.95"  # random / demonstrator success rates
-    assert cells[5] == f"{np.mean(REACH) / 0.95:.2f}"
-    assert cells[6] == "0.63 ± 0.25" and cells[7] == "1.00"
+    assert cells[3] == f"{pm(REACH_CEILING, 2)} (n=3/3)"
+    assert cells[4] == "0.00" and cells[5] == "0.95"  # random / demonstrator success rates
+    assert cells[6] == f"{np.mean(REACH_CEILING) / 0.95:.2f}" and cells[7] == f"{np.mean(REACH) / np.mean(REACH_CEILING):.2f}"
+    assert cells[8] == f"{np.mean(REACH) / 0.95:.2f}"
+    assert cells[9] == "0.63 ± 0.25" and cells[10] == "1.00"
 
 
 def test_dmc_paper_expert_only(fake):
     md = read(fake["out"], "dmc.md")
     cells = row(md, "reacher_hard")
     assert cells[1].startswith(f"{pm(REACHER, 1)} (n=2/3)") and "[note" in cells[1]
-    assert cells[6] == "—" and cells[7] == "967.0"
+    assert cells[9] == "—" and cells[10] == "967.0"
     assert "seed 3: missing" in md.split("## Notes")[1]
+
+
+def test_summary_json(fake):
+    with open(os.path.join(fake["out"], "summary.json")) as f:
+        summary = json.load(f)
+    assert set(summary) == {"procgen", "dmc", "metaworld"}
+    bigfish = summary["procgen"]["bigfish"]
+    assert bigfish["random"] == 0.5 and bigfish["demonstrator"] == 35.0
+    for v, values in BIGFISH.items():
+        got = bigfish["variants"][v]
+        assert got["n"] == 3 and got["mean"] == pytest.approx(np.mean(values)) and got["std"] == pytest.approx(np.std(values))
+    chaser = summary["procgen"]["chaser"]["variants"]
+    assert chaser["bcvlr"]["n"] == 1 and chaser["true_action_bc"] == {"mean": None, "std": None, "n": 0, "not_ok": [
+        "seed 1: missing", "seed 2: missing", "seed 3: missing"]}
+    assert "seed 3: failed (exit 1)" in chaser["bcvlr"]["not_ok"]
+    reach = summary["metaworld"]["reach-v3"]
+    assert reach["random"] == 0.0 and reach["demonstrator"] == 0.95  # success rates for Metaworld
+    assert reach["variants"]["true_action_bc"]["mean"] == pytest.approx(np.mean(REACH_CEILING))
 
 
 def test_plots_and_summary(fake):
@@ -278,7 +307,7 @@ def test_run_all_pipeline_with_fake_learner(tmp_path):
     assert (tmp_path / "out" / "experts" / "chaser" / "log.txt").read_text().strip() == "error: fake expert failure"
     assert "[end  ] procgen/bigfish seed2: bcvlr: FAILED (exit 1" in r.stdout
     calls = [json.loads(line) for line in log.read_text().splitlines()]
-    assert len(calls) == 7  # 2 tasks x 2 seeds x 2 variants, minus the no_finetune of the failed bcvlr
+    assert len(calls) == 10  # 2 tasks x 2 seeds x 3 variants, minus the two that need the failed bcvlr's offline.pt
     seed_dir = tmp_path / "out" / "procgen" / "bigfish" / "bcvlr" / "seed1"
     assert (seed_dir / "exit_code").read_text().strip() == "0"
     assert "--video-dir" in (seed_dir / "cmd.txt").read_text()
@@ -286,10 +315,13 @@ def test_run_all_pipeline_with_fake_learner(tmp_path):
     assert len(nf) == 1
     ckpt = nf[0]["argv"][nf[0]["argv"].index("--offline-checkpoint") + 1]
     assert ckpt.startswith(str(seed_dir / "runs")) and ckpt.endswith("offline.pt")
+    ceiling = [c for c in calls if "--true-action-bc" in c["argv"] and c["cwd"].endswith("bigfish/true_action_bc/seed1")]
+    assert len(ceiling) == 1 and ceiling[0]["argv"][ceiling[0]["argv"].index("--offline-checkpoint") + 1] == ckpt
     assert nf[0]["argv"][nf[0]["argv"].index("--video-dir") + 1] == f"{data}/{{env_id}}"
     failed = tmp_path / "out" / "procgen" / "bigfish" / "bcvlr" / "seed2"
     assert (failed / "exit_code").read_text().strip() == "1"
     assert (tmp_path / "out" / "procgen" / "bigfish" / "no_finetune" / "seed2" / "skipped").exists()
+    assert (tmp_path / "out" / "procgen" / "bigfish" / "true_action_bc" / "seed2" / "skipped").exists()
     md = (tmp_path / "res" / "procgen.md").read_text()
     assert "seed 2: failed (exit 1)" in md and "seed 2: skipped" in md
     assert "seed 1: skipped (expert videos failed" in md  # chaser
@@ -299,9 +331,9 @@ def test_run_all_pipeline_with_fake_learner(tmp_path):
     env["FAKE_FAIL"], env["FAKE_EXPERT_FAIL"] = "", ""
     r = run_all("cpu", "bigfish", "reacher_easy", "chaser", env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
-    calls = [json.loads(line) for line in log.read_text().splitlines()][7:]
-    assert sorted(c["cwd"].split("/out/")[1] for c in calls) == [
-        "procgen/bigfish/bcvlr/seed2", "procgen/bigfish/no_finetune/seed2", "procgen/chaser/bcvlr/seed1",
-        "procgen/chaser/bcvlr/seed2", "procgen/chaser/no_finetune/seed1", "procgen/chaser/no_finetune/seed2"]
+    calls = [json.loads(line) for line in log.read_text().splitlines()][10:]
+    assert sorted(c["cwd"].split("/out/")[1] for c in calls) == sorted(
+        f"procgen/{task}/{v}/seed{s}" for task, s in (("bigfish", 2), ("chaser", 1), ("chaser", 2))
+        for v in ("bcvlr", "no_finetune", "true_action_bc"))
     md = (tmp_path / "res" / "procgen.md").read_text()
-    assert md.count("(n=2/2)") == 4 and "## Notes" not in md
+    assert md.count("(n=2/2)") == 6 and "## Notes" not in md
