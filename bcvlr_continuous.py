@@ -8,6 +8,8 @@ decoder d are fine-tuned on the agent's own transitions, pi is re-cloned on the 
 
 $ python bcvlr_continuous.py --env-id reacher_hard
 $ python bcvlr_continuous.py --env-id drawer-open-v3 --ssl-steps 500 --lam-steps 500 --bc-steps 500 --no-cuda
+
+The pixel environments (DMControl, Metaworld, frame stack) are in continuous_envs.py next to this file.
 """
 import os
 
