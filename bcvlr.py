@@ -637,12 +637,12 @@ def finetune_loss(idm, wm, decoder, feats, actions, wm_coef, finetune_idm=True):
     """Eq. L_ft (poster): -a_t^T log softmax(d(z_t)) + beta ||w(s_t, z^vq_t) - s_{t+1}||^2 on the agent's transitions.
     Returns (loss, action term, dynamics term). finetune_idm=False (ablation): p is fixed, only d's action term is
     computed (no backward pass through p or w). One pass of p serves both terms (the official code runs p twice)."""
-    if not finetune_idm:
+    if finetune_idm:
+        dyn, la, _ = latent_dynamics_loss(idm, wm, feats)
+    else:
         with torch.no_grad():
             la = idm.latent_action(feats)
-        action_loss = F.cross_entropy(decoder(la), actions)
-        return action_loss, action_loss, torch.zeros_like(action_loss)
-    dyn, la, _ = latent_dynamics_loss(idm, wm, feats)
+        dyn = torch.zeros((), device=feats.device)
     action_loss = F.cross_entropy(decoder(la), actions)
     return action_loss + wm_coef * dyn, action_loss, dyn
 
@@ -915,10 +915,10 @@ if __name__ == "__main__":
     buffer_act = np.zeros(args.buffer_size, dtype=np.int64)
     buffer_pos, buffer_full = 0, False
     if args.labelled_video_transitions:  # the rebuttal's offline variant: the replay holds N labelled video windows
-        buffer_pos = min(args.labelled_video_transitions, len(starts), args.buffer_size)
-        buffer_obs[:buffer_pos] = obs[starts[:buffer_pos, None] + torch.arange(3)].numpy()
-        buffer_act[:buffer_pos] = true_actions[starts[:buffer_pos] + 1].numpy()
-        buffer_pos, buffer_full = buffer_pos % args.buffer_size, buffer_pos == args.buffer_size
+        n_labelled = min(args.labelled_video_transitions, len(starts), args.buffer_size)
+        buffer_obs[:n_labelled] = obs[starts[:n_labelled, None] + torch.arange(3)].numpy()
+        buffer_act[:n_labelled] = true_actions[starts[:n_labelled] + 1].numpy()
+        buffer_pos, buffer_full = n_labelled % args.buffer_size, n_labelled == args.buffer_size
 
     # TRY NOT TO MODIFY: start the game
     envs = make_env(args.env_id, args.num_envs, args.seed)
@@ -1012,7 +1012,7 @@ if __name__ == "__main__":
         print(f"model saved to runs/{run_name}/{args.exp_name}.cleanrl_model")
     t = time.time()
     returns = evaluate(policy, decoder, args.env_id, args.eval_episodes, args.seed + 1_000_003, device,
-                                video_path=f"videos/{run_name}-eval/episode0.mp4" if args.capture_video else None)
+                       video_path=f"videos/{run_name}-eval/episode0.mp4" if args.capture_video else None)
     timings["eval"] = time.time() - t
     for r in returns:
         writer.add_scalar("eval/episodic_return", r, global_step)

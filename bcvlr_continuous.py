@@ -694,12 +694,12 @@ def finetune_loss(idm, wm, decoder, feats, actions, wm_coef, finetune_idm=True):
     the agent's transitions (MSE replaces the poster's cross-entropy for continuous actions).
     Returns (loss, action term, dynamics term). finetune_idm=False (ablation): p is fixed, only d's action term is
     computed (no backward pass through p or w). One pass of p serves both terms (the official code runs p twice)."""
-    if not finetune_idm:
+    if finetune_idm:
+        dyn, la, _ = latent_dynamics_loss(idm, wm, feats)
+    else:
         with torch.no_grad():
             la = idm.latent_action(feats)
-        action_loss = F.mse_loss(decoder(la), actions)
-        return action_loss, action_loss, torch.zeros_like(action_loss)
-    dyn, la, _ = latent_dynamics_loss(idm, wm, feats)
+        dyn = torch.zeros((), device=feats.device)
     action_loss = F.mse_loss(decoder(la), actions)
     return action_loss + wm_coef * dyn, action_loss, dyn
 
@@ -966,12 +966,13 @@ if __name__ == "__main__":
     decoder_optimizer = torch.optim.Adam(decoder.parameters(), lr=args.ft_decoder_lr)
     wm_optimizer = torch.optim.Adam(wm.parameters(), lr=args.wm_online_lr) if args.wm_online_lr > 0 else None
     bc_optimizer = torch.optim.Adam(policy.trunk.parameters(), lr=args.online_bc_lr)
-    rb = ReplayBuffer(min(args.buffer_size, 2 * num_agent_steps + 2), env.observation_space.shape, act_dim)
     if args.labelled_video_transitions:  # the rebuttal's offline variant: the replay holds N labelled video pairs
         frames = own_videos.valid[min(args.labelled_video_transitions, len(own_videos.valid)) - 1] + 2  # the first N pairs
         rb = ReplayBuffer(frames + 1, env.observation_space.shape, act_dim)
         for i in range(frames):
             rb.add(own_videos.obs[i], own_videos.ta[i], own_videos.done[i] or i == frames - 1)
+    else:
+        rb = ReplayBuffer(min(args.buffer_size, 2 * num_agent_steps + 2), env.observation_space.shape, act_dim)
     diag_idx = own_videos.sample(min(1024, len(own_videos.valid)), np.random.default_rng(args.seed))  # fixed pairs
     eval_csv = Path(f"runs/{run_name}/eval.csv")
     with open(eval_csv, "w", newline="") as fh:
