@@ -20,10 +20,11 @@ import io
 import json
 import os
 import random
+import sys
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Literal, Optional, Tuple
 
 import numpy as np
 import torch
@@ -63,6 +64,9 @@ class Args:
     """the entity (team) of wandb's project"""
     capture_video: bool = False
     """whether to save mp4 videos of the final evaluation episodes of env 0 to `videos/{run_name}-eval`"""
+    scale: Literal["paper", "cpu"] = "paper"
+    """paper: the official sizes and budgets (the defaults below). cpu: CPU_SCALE's smaller networks, pooled feature
+    maps and budgets for one CPU core, every loss, stage and schedule kept (`--scale cpu --help` shows its values)"""
     num_threads: int = 0
     """torch CPU threads (1 for each of several runs sharing a machine); 0 = torch's default (all cores)"""
     save_model: bool = True
@@ -99,6 +103,16 @@ class Args:
     """bound w's output with tanh/2 as the official code does; `--no-wm-tanh`: linear output (f-features are unbounded)"""
     encoder_channels: int = 16
     """channels of the visual encoder f's feature map (C x 64 x 64)"""
+    feature_pool: int = 1
+    """average-pool f's maps by this factor where p, w and pi read them (cpu scale: 4, 64x64 -> 16x16; stage 1 trains
+    on the full maps); 1 = official"""
+    feature_norm: bool = False
+    """standardise each f-feature (channel and position) by its mean and std over the video frames, measured once after
+    stage 1, for p, w and pi (cpu scale; not official: it weights the few features that move as much as the rest)"""
+    cache_features: bool = True
+    """compute the f-features of all video frames once after stage 1 (f is frozen: the same numbers, faster)"""
+    max_feature_cache_gb: float = 4.0
+    """largest feature cache; videos whose features need more are encoded batch by batch"""
 
     # Stage 1: self-supervised encoder (CURL + reconstruction)
     ssl_encoder: bool = True
@@ -186,6 +200,26 @@ class Args:
     # to be filled in runtime
     la_dim: int = 0
     """latent action dimension (computed)"""
+
+
+# `--scale cpu`: sizes and budgets for one core of a small CPU; flags given next to it still win. Measured effects in
+# README, "Differences". Online budget: the paper's 100k env steps (env steps are cheap on a CPU, updates are not).
+CPU_SCALE = dict(
+    encoder_channels=8, feature_pool=4, impala_scale=1, wm_scale=8, ssl_steps=500, ssl_batch_size=64, lam_steps=3000,
+    lam_batch_size=64, vq_decay=0.99, wm_tanh=False, probe_every=1000, probe_windows=2048, bc_steps=2000,
+    bc_batch_size=64, num_envs=64, ft_updates=30, ft_batch_size=128, ft_idm_lr=3e-4, online_bc_updates=100,
+)
+
+
+def parse_args():
+    """tyro's CLI, with the `--scale` preset as the defaults (so that `--scale cpu --help` shows the cpu values)."""
+    argv, scale = sys.argv[1:], "paper"
+    for i, a in enumerate(argv):
+        if a.startswith("--scale="):
+            scale = a.split("=", 1)[1]
+        elif a == "--scale" and i + 1 < len(argv):
+            scale = argv[i + 1]
+    return tyro.cli(Args, default=Args(scale="cpu", **CPU_SCALE) if scale == "cpu" else Args())
 
 
 # ============================================================================================
@@ -340,8 +374,29 @@ def windows_at(obs, idx, device, window=3):
     return normalize(frames.to(device).permute(0, 1, 4, 2, 3))  # [B, T, 3, 64, 64]
 
 
+def sample_starts(starts, batch_size, generator=None):
+    return starts[torch.randint(len(starts), (batch_size,), generator=generator)]
+
+
 def sample_windows(obs, starts, batch_size, device, generator=None):
-    return windows_at(obs, starts[torch.randint(len(starts), (batch_size,), generator=generator)], device)
+    return windows_at(obs, sample_starts(starts, batch_size, generator), device)
+
+
+def window_features(encoder, obs, idx, device, cache=None):
+    """window starts [B] -> f-features of (o_{t-1}, o_t, o_{t+1}) [B, 3, C, H, W], from the cache when there is one."""
+    if cache is None:
+        return encode_window(encoder, windows_at(obs, idx, device))
+    return cache[idx[:, None] + torch.arange(3)].to(device)
+
+
+@torch.no_grad()
+def cache_features(encoder, obs, device, max_gb):
+    """f is frozen after stage 1, so the features of the video frames are computed once (exact: the same numbers)."""
+    gb = len(obs) * encoder(normalize(obs[:1].to(device).permute(0, 3, 1, 2)))[0].numel() * 4 / 2**30
+    if gb > max_gb:
+        print(f"feature cache: {gb:.1f} GB > --max-feature-cache-gb {max_gb}; encoding video batches as they are drawn")
+        return None
+    return torch.cat([encoder(normalize(obs[i : i + 256].to(device).permute(0, 3, 1, 2))) for i in range(0, len(obs), 256)])
 
 
 def normalize(x):
@@ -394,15 +449,23 @@ class ResidualBlock(nn.Module):
 
 
 class Encoder(nn.Module):
-    """f: [B, 3, 64, 64] -> [B, C, 64, 64] features; no pooling, no final nonlinearity. Frozen after stage 1."""
+    """f: [B, 3, 64, 64] -> maps [B, C, 64, 64]; no final nonlinearity; frozen after stage 1 (which trains on these maps).
+    p, w and pi read the features: the maps average-pooled by `pool` to [B, C, S, S], S = 64/pool, minus `feat_mean`,
+    over `feat_std` (0 and 1 = official; the videos' statistics with --feature-norm)."""
 
-    def __init__(self, channels=16):
+    def __init__(self, channels=16, pool=1):
         super().__init__()
         self.net = nn.Sequential(nn.Conv2d(3, channels, 3, padding=1), ResidualBlock(channels), ResidualBlock(channels))
+        self.pool = nn.AvgPool2d(pool) if pool > 1 else nn.Identity()
+        self.register_buffer("feat_mean", torch.zeros(channels, 64 // pool, 64 // pool))
+        self.register_buffer("feat_std", torch.ones(channels, 64 // pool, 64 // pool))
         self.apply(layer_init)
 
-    def forward(self, x):
+    def maps(self, x):
         return self.net(x)
+
+    def forward(self, x):
+        return (self.pool(self.maps(x)) - self.feat_mean) / self.feat_std
 
 
 class CURLHead(nn.Module):
@@ -512,7 +575,7 @@ class IDM(nn.Module):
 
     def __init__(self, args):
         super().__init__()
-        self.trunk = ImpalaTrunk(3 * args.encoder_channels, args.la_dim, scale=args.impala_scale)
+        self.trunk = ImpalaTrunk(3 * args.encoder_channels, args.la_dim, scale=args.impala_scale, size=64 // args.feature_pool)
         self.vq = VectorQuantizerEMA(args.vq_num_codebooks, args.vq_num_latents, args.vq_dim, args.vq_num_codes,
                                      args.vq_commitment, args.vq_decay)
 
@@ -580,11 +643,15 @@ class LatentPolicy(nn.Module):
     def __init__(self, encoder, args):
         super().__init__()
         self.encoder = copy.deepcopy(encoder).requires_grad_(False)
-        self.trunk = ImpalaTrunk(args.encoder_channels, args.la_dim, scale=args.impala_scale)
+        self.trunk = ImpalaTrunk(args.encoder_channels, args.la_dim, scale=args.impala_scale, size=64 // args.feature_pool)
 
     def forward(self, obs):
         with torch.no_grad():
             feats = self.encoder(obs)
+        return self.from_features(feats)
+
+    def from_features(self, feats):
+        """[B, C, H, W] f-features (pi's frozen f = f) -> [B, 128]"""
         return self.trunk(feats)
 
 
@@ -626,11 +693,12 @@ def latent_action_usage(idm, wm, feats):
     return usage, la.std(0).mean()
 
 
-def bc_loss(policy, idm, window, feats):
-    """Eq. L_bc (poster): ||pi(o_t) - sg z_t||^2 with z_t = p's pre-VQ latent action of the window."""
+def bc_loss(policy, idm, feats):
+    """Eq. L_bc (poster): ||pi(o_t) - sg z_t||^2 with z_t = p's pre-VQ latent action of the window [B, 3, C, H, W];
+    pi reads f(o_t) from the window (its frozen f is a copy of f, so this equals pi(o_t))."""
     with torch.no_grad():
         target = idm.latent_action(feats)
-    return F.mse_loss(policy(window[:, -2]), target)  # o_t, the frame before the transition
+    return F.mse_loss(policy.from_features(feats[:, -2]), target)  # o_t, the frame before the transition
 
 
 def finetune_loss(idm, wm, decoder, feats, actions, wm_coef, finetune_idm=True):
@@ -648,7 +716,7 @@ def finetune_loss(idm, wm, decoder, feats, actions, wm_coef, finetune_idm=True):
 
 
 @torch.no_grad()
-def probe_latent_actions(idm, encoder, obs, starts, actions, device, n=4096, epochs=30, seed=0):
+def probe_latent_actions(idm, encoder, obs, starts, actions, device, n=4096, epochs=30, seed=0, cache=None):
     """Diagnostic only (expert actions are never used for training): fit a fresh MLP from p's latent actions to the
     true actions a_t on half of n video windows and return its accuracy on the other half. Uses its own random
     state, so that running it does not change the training run."""
@@ -657,7 +725,7 @@ def probe_latent_actions(idm, encoder, obs, starts, actions, device, n=4096, epo
         sel = starts[torch.randperm(len(starts))[:n]]
         was_training = idm.training
         idm.eval()
-        las = torch.cat([idm.latent_action(encode_window(encoder, windows_at(obs, s, device))) for s in sel.split(256)])
+        las = torch.cat([idm.latent_action(window_features(encoder, obs, s, device, cache)) for s in sel.split(256)])
         idm.train(was_training)
         las = (las - las.mean(0)) / (las.std(0) + 1e-6)  # standardised latent actions
         y = actions[sel + 1].to(device)  # a_t: the action taken at the middle frame o_t
@@ -716,7 +784,7 @@ def write_mp4(path, frames, scale=4):
 
 
 if __name__ == "__main__":
-    args = tyro.cli(Args)
+    args = parse_args()
     args.la_dim = args.vq_num_codebooks * args.vq_num_latents * args.vq_dim
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     timings = {}
@@ -731,6 +799,7 @@ if __name__ == "__main__":
     torch.backends.cudnn.deterministic = args.torch_deterministic
     if args.num_threads > 0:
         torch.set_num_threads(args.num_threads)
+    print(f"torch threads: {torch.get_num_threads()}; scale: {args.scale}")
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
     # expert videos: the only supervision. `ta` is read for diagnostics only and never reaches a loss.
@@ -775,10 +844,9 @@ if __name__ == "__main__":
                    name=run_name, save_code=True)
 
     # ALGO LOGIC: networks
-    feat_shape = (args.encoder_channels, 64, 64)
-    encoder = Encoder(args.encoder_channels).to(device)
+    encoder = Encoder(args.encoder_channels, args.feature_pool).to(device)
     idm = IDM(args).to(device)
-    wm = WorldModel(2 * args.encoder_channels, args.encoder_channels, args.la_dim, base=args.wm_scale,
+    wm = WorldModel(2 * args.encoder_channels, args.encoder_channels, args.la_dim, size=64 // args.feature_pool, base=args.wm_scale,
                     tanh=args.wm_tanh).to(device)
     stages_done = 0
     if args.offline_checkpoint:
@@ -807,7 +875,7 @@ if __name__ == "__main__":
     # ===== STAGE 1: SELF-SUPERVISED ENCODER ON VIDEO FRAMES (poster L_lf) =====
     if stages_done < 1 and args.ssl_encoder:
         t = time.time()
-        head = CURLHead(feat_shape).to(device)
+        head = CURLHead((args.encoder_channels, 64, 64)).to(device)  # on f's maps
         recon = ReconDecoder(args.encoder_channels).to(device)
         target_encoder, target_projector = copy.deepcopy(encoder), copy.deepcopy(head.projector)  # EMA targets
         params = list(encoder.parameters()) + list(head.parameters())
@@ -817,9 +885,9 @@ if __name__ == "__main__":
         for step in (pbar := trange(args.ssl_steps, desc="stage 1: encoder SSL (CURL + recon)")):
             o = sample_windows(obs, starts, args.ssl_batch_size, device)[:, 0]  # frame 0 of each window
             x1, x2 = random_shift(o, 1, args.bilinear_shift), random_shift(o, 1, args.bilinear_shift)  # two shifts of o
-            feats = encoder(x1)
+            feats = encoder.maps(x1)
             with torch.no_grad():
-                target_feats = target_encoder(x2)
+                target_feats = target_encoder.maps(x2)
             l_c, l_rec = curl_loss(head, target_projector, feats, target_feats), recon_loss(recon, feats, x1)
             loss = l_c + args.ssl_recon_coef * l_rec
             optimizer.zero_grad()
@@ -836,18 +904,23 @@ if __name__ == "__main__":
         del head, target_projector, target_encoder, recon, optimizer
         timings["ssl"] = time.time() - t
     encoder.requires_grad_(False)  # f is frozen from here on
+    if stages_done < 1 and args.feature_norm:  # f's output statistics on the videos (part of f from here on)
+        sample = encode_window(encoder, sample_windows(obs, starts, 2048, device))[:, 1]
+        encoder.feat_mean.copy_(sample.mean(0))
+        encoder.feat_std.copy_(sample.std(0) + 1e-2)
     if stages_done < 1 and args.save_model:
         save_offline(1)
+    cache = cache_features(encoder, obs, device, args.max_feature_cache_gb) if args.cache_features else None  # exact
+    policy.encoder.load_state_dict(encoder.state_dict())  # pi's own frozen copy of f
 
     # ===== CONTROL, NOT BCV-LR (--true-action-bc): BEHAVIOUR CLONING ON THE VIDEOS' TRUE ACTIONS, THE CEILING =====
     if args.true_action_bc:  # the same pi (its frozen f copy and trunk) and d, as many updates as stage 3 + online
         t = time.time()
         optimizer = torch.optim.AdamW(list(policy.trunk.parameters()) + list(decoder.parameters()), lr=args.bc_lr)
-        policy.encoder.load_state_dict(encoder.state_dict())
         for step in (pbar := trange(args.bc_steps + num_iterations * args.online_bc_updates, desc="control: true-action BC")):
-            idx = starts[torch.randint(len(starts), (args.bc_batch_size,))] + 1  # o_t, the middle frame of a window
-            loss = F.cross_entropy(decoder(policy(normalize(obs[idx].to(device).permute(0, 3, 1, 2)))),
-                                   true_actions[idx].to(device))
+            idx = sample_starts(starts, args.bc_batch_size)
+            feats_t = window_features(encoder, obs, idx, device, cache)[:, 1]  # f(o_t), the middle frame of a window
+            loss = F.cross_entropy(decoder(policy.from_features(feats_t)), true_actions[idx + 1].to(device))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -862,7 +935,7 @@ if __name__ == "__main__":
         t = time.time()
         optimizer = torch.optim.AdamW(list(idm.parameters()) + list(wm.parameters()), lr=args.lam_lr)
         for step in (pbar := trange(args.lam_steps, desc="stage 2: latent action model")):
-            feats = encode_window(encoder, sample_windows(obs, starts, args.lam_batch_size, device))
+            feats = window_features(encoder, obs, sample_starts(starts, args.lam_batch_size), device, cache)
             loss, _, perplexity = latent_dynamics_loss(idm, wm, feats)
             optimizer.zero_grad()
             loss.backward()
@@ -876,7 +949,7 @@ if __name__ == "__main__":
                 writer.add_scalar("diagnostics/latent_action_std", la_std.item(), step)
                 pbar.set_postfix(loss=f"{loss.item():.4f}", perplexity=f"{perplexity.item():.1f}", usage=f"{usage.item():.2g}")
             if true_actions is not None and ((step + 1) % args.probe_every == 0 or step + 1 == args.lam_steps):
-                acc = probe_latent_actions(idm, encoder, obs, starts, true_actions, device, n=args.probe_windows)
+                acc = probe_latent_actions(idm, encoder, obs, starts, true_actions, device, n=args.probe_windows, cache=cache)
                 writer.add_scalar("diagnostics/latent_action_probe_accuracy", acc, step)
                 pbar.write(f"stage 2 step {step + 1}: probe accuracy of latent actions vs true actions {acc:.3f}")
         timings["lam"] = time.time() - t
@@ -888,10 +961,8 @@ if __name__ == "__main__":
     if stages_done < 3:
         t = time.time()
         bc_optimizer = torch.optim.AdamW(policy.trunk.parameters(), lr=args.bc_lr)
-        policy.encoder.load_state_dict(encoder.state_dict())  # pi's own frozen copy of f
         for step in (pbar := trange(args.bc_steps, desc="stage 3: latent behaviour cloning")):
-            window = sample_windows(obs, starts, args.bc_batch_size, device)
-            loss = bc_loss(policy, idm, window, encode_window(encoder, window))
+            loss = bc_loss(policy, idm, window_features(encoder, obs, sample_starts(starts, args.bc_batch_size), device, cache))
             bc_optimizer.zero_grad()
             loss.backward()
             bc_optimizer.step()
@@ -986,14 +1057,13 @@ if __name__ == "__main__":
             if true_actions is not None:  # diagnostic only: accuracy of d(p(window)) against the videos' true a_t
                 with torch.no_grad():
                     idx = starts[torch.randint(len(starts), (512,), generator=diag_generator)]
-                    pred = decoder(idm.latent_action(encode_window(encoder, windows_at(obs, idx, device))))
+                    pred = decoder(idm.latent_action(window_features(encoder, obs, idx, device, cache)))
                 acc = (pred.argmax(-1).cpu() == true_actions[idx + 1]).float().mean().item()
                 writer.add_scalar("diagnostics/decoded_action_accuracy", acc, global_step)
 
             # (c) re-clone pi onto the (fine-tuned) latent actions of the videos
             for _ in range(args.online_bc_updates):
-                window = sample_windows(obs, starts, args.bc_batch_size, device)
-                loss = bc_loss(policy, idm, window, encode_window(encoder, window))
+                loss = bc_loss(policy, idm, window_features(encoder, obs, sample_starts(starts, args.bc_batch_size), device, cache))
                 bc_optimizer.zero_grad()
                 loss.backward()
                 bc_optimizer.step()

@@ -19,10 +19,11 @@ import csv
 import json
 import math
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import numpy as np
 import torch
@@ -55,6 +56,9 @@ class Args:
     """whether to capture videos of the agent performances (check out `videos` folder)"""
     num_threads: int = 0
     """torch CPU threads (1 for each of several runs sharing a machine); 0 = torch's default (all cores)"""
+    scale: Literal["paper", "cpu"] = "paper"
+    """paper: the official sizes and budgets (the defaults below). cpu: CPU_SCALE's smaller networks, pooled feature
+    maps and budgets for one CPU core, every loss, stage and schedule kept (`--scale cpu --help` shows its values)"""
     save_model: bool = True
     """whether to save model into the `runs/{run_name}` folder"""
 
@@ -102,6 +106,16 @@ class Args:
     """EMA rate of the target encoder/projector, updated every step"""
     encoder_channels: int = 32
     """channels of every conv layer of f (features: channels x 32 x 32)"""
+    feature_pool: int = 1
+    """average-pool f's maps by this factor where p, w and pi read them (cpu scale: 2, 32x32 -> 16x16; stage 1 trains
+    on the full maps); 1 = official"""
+    feature_norm: bool = False
+    """standardise each f-feature (channel and position) by its mean and std over the video frames, measured once after
+    stage 1, for p, w and pi (cpu scale; not official: it weights the few features that move as much as the rest)"""
+    cache_features: bool = True
+    """compute the f-features of all video frames once after stage 1 (f is frozen: the same numbers, faster)"""
+    max_feature_cache_gb: float = 4.0
+    """largest feature cache; videos whose features need more are encoded batch by batch"""
 
     # Stage 2: latent action model (official YAML: offline_pt)
     lam_steps: int = 50_000
@@ -173,7 +187,9 @@ class Args:
     expl_std: float = 0.5
     """std of the Gaussian exploration noise added to d(pi(o))"""
     eval_episodes: int = 10
-    """deterministic evaluation episodes per round"""
+    """deterministic evaluation episodes per evaluation"""
+    eval_every: int = 1
+    """evaluate every this many rounds (and always after the last one); official: every round"""
     buffer_size: int = 100_000
     """replay buffer capacity (frame stacks)"""
 
@@ -188,6 +204,27 @@ class Args:
     # to be filled in runtime
     la_dim: int = 0
     """latent action dimension (computed)"""
+
+
+# `--scale cpu`: sizes and budgets for one core of a small CPU; flags given next to it still win. Measured effects in
+# README, "Differences". Online budget: the paper's env steps (env steps are cheap on a CPU, gradient updates are not).
+CPU_SCALE = dict(
+    encoder_channels=16, feature_pool=2, impala_scale=1, wm_scale=8, policy_hidden=256, feature_norm=True,
+    ssl_steps=300, ssl_batch_size=64, lam_steps=2000, lam_batch_size=64, vq_decay=0.99, wm_tanh=False, probe_every=1000,
+    probe_windows=2048, bc_steps=1000, bc_batch_size=64, ft_updates=50, ft_batch_size=128, online_bc_updates=100,
+    online_bc_batch_size=64, eval_episodes=5, eval_every=10,
+)
+
+
+def parse_args():
+    """tyro's CLI, with the `--scale` preset as the defaults (so that `--scale cpu --help` shows the cpu values)."""
+    argv, scale = sys.argv[1:], "paper"
+    for i, a in enumerate(argv):
+        if a.startswith("--scale="):
+            scale = a.split("=", 1)[1]
+        elif a == "--scale" and i + 1 < len(argv):
+            scale = argv[i + 1]
+    return tyro.cli(Args, default=Args(scale="cpu", **CPU_SCALE) if scale == "cpu" else Args())
 
 
 class DataError(Exception):
@@ -320,6 +357,7 @@ class VideoData:
         has_ret = all(c["ep_returns"] is not None for c in chunks)
         self.ep_returns = np.concatenate([c["ep_returns"] for c in chunks]) if has_ret else None
         self.valid = np.flatnonzero(~self.done)  # [M] indices i of usable pairs (i, i+1)
+        self.feats = None  # f-features of every frame [N, C, H, W], once `cache_features` has run
 
     def video_return(self):
         """Mean episode return of the videos (from `ep_returns` at each episode's last frame), or None if unknown."""
@@ -331,6 +369,21 @@ class VideoData:
     def windows(self, idx, device):
         """pair starts [B] -> windows (o_t, o_{t+1}) [B, 2, 9, 64, 64] uint8 on device."""
         return torch.from_numpy(self.obs[idx[:, None] + np.arange(2)]).to(device)
+
+    def window_features(self, idx, encoder, device):
+        """pair starts [B] -> f-features of (o_t, o_{t+1}) [B, 2, C, H, W], from the cache when there is one."""
+        if self.feats is None:
+            return encode_window(encoder, self.windows(idx, device))
+        return self.feats[torch.from_numpy(idx[:, None] + np.arange(2)).to(self.feats.device)].to(device)
+
+    @torch.no_grad()
+    def cache_features(self, encoder, device, max_gb):
+        """f is frozen after stage 1, so the features of the video frames are computed once (exact: the same numbers)."""
+        gb = len(self.obs) * encoder(torch.from_numpy(self.obs[:1]).to(device))[0].numel() * 4 / 2**30
+        if gb > max_gb:
+            print(f"feature cache: {gb:.1f} GB > --max-feature-cache-gb {max_gb}; encoding video batches as they are drawn")
+            return
+        self.feats = torch.cat([encoder(torch.from_numpy(self.obs[i : i + 256]).to(device)) for i in range(0, len(self.obs), 256)])
 
 
 def load_videos(video_dir, env_id, max_transitions=0, max_gb=16.0):
@@ -430,18 +483,26 @@ class ResidualBlock(nn.Module):
 
 
 class Encoder(nn.Module):
-    """f: DrQ/Proto-RL conv encoder with padding. [B, 9, 64, 64] (uint8 or float in 0..255) -> [B, C, 32, 32]."""
+    """f: DrQ/Proto-RL conv encoder with padding. [B, 9, 64, 64] (uint8 or float in 0..255) -> maps [B, C, 32, 32]
+    (stage 1 trains on these). p, w and pi read the features: the maps average-pooled by `pool` to [B, C, S, S],
+    S = 32/pool, minus `feat_mean`, over `feat_std` (0 and 1 = official; the videos' statistics with --feature-norm)."""
 
-    def __init__(self, in_channels=9, channels=32):
+    def __init__(self, in_channels=9, channels=32, pool=1):
         super().__init__()
         layers = [nn.Conv2d(in_channels, channels, 3, stride=2, padding=1), nn.ReLU()]
         for _ in range(3):
             layers += [nn.Conv2d(channels, channels, 3, stride=1, padding=1), nn.ReLU()]
         self.convnet = nn.Sequential(*layers)
+        self.pool = nn.AvgPool2d(pool) if pool > 1 else nn.Identity()
+        self.register_buffer("feat_mean", torch.zeros(channels, 32 // pool, 32 // pool))
+        self.register_buffer("feat_std", torch.ones(channels, 32 // pool, 32 // pool))
         self.apply(orthogonal_init)
 
-    def forward(self, obs):
+    def maps(self, obs):
         return self.convnet(obs.float() / 255.0 - 0.5)
+
+    def forward(self, obs):
+        return (self.pool(self.maps(obs)) - self.feat_mean) / self.feat_std
 
 
 class ProtoSSL(nn.Module):
@@ -607,7 +668,11 @@ class LatentPolicy(nn.Module):
     def forward(self, obs):
         with torch.no_grad():
             feats = self.encoder(obs)
-        return self.trunk(feats.flatten(1))  # [B, C, 32, 32] -> [B, C*32*32] -> [B, 128]
+        return self.from_features(feats)
+
+    def from_features(self, feats):
+        """[B, C, H, W] f-features (pi's frozen f = f) -> [B, C*H*W] -> [B, 128]"""
+        return self.trunk(feats.flatten(1))
 
 
 def make_decoder(la_dim, act_dim):
@@ -639,10 +704,10 @@ def proto_temporal_loss(ssl, window, pad, temperature, iters, bilinear=True):
     with torch.no_grad():
         ssl.protos.weight.copy_(F.normalize(ssl.protos.weight, dim=1))  # prototypes stay on the unit sphere
     x, x_next = (random_shift(window[:, i].float(), pad, bilinear) for i in (0, 1))  # [B, 9, 64, 64] each
-    s = F.normalize(ssl.predictor(ssl.projector(ssl.encoder(x).flatten(1))), dim=1)  # [B, 128]
+    s = F.normalize(ssl.predictor(ssl.projector(ssl.encoder.maps(x).flatten(1))), dim=1)  # [B, 128]
     log_x = F.log_softmax(ssl.protos(s) / temperature, dim=1)  # [B, K]
     with torch.no_grad():
-        t = F.normalize(ssl.target_projector(ssl.target_encoder(x_next).flatten(1)), dim=1)  # [B, 128]
+        t = F.normalize(ssl.target_projector(ssl.target_encoder.maps(x_next).flatten(1)), dim=1)  # [B, 128]
         y_next = sinkhorn_knopp(ssl.protos(t), temperature, iters)  # [B, K]
     return -(y_next * log_x).sum(dim=1).mean()
 
@@ -682,11 +747,12 @@ def latent_action_usage(idm, wm, feats):
     return usage, la.std(0).mean()
 
 
-def bc_loss(policy, idm, window, feats):
-    """Eq. L_bc (poster): ||pi(o_t) - sg z_t||^2 with z_t = p's pre-VQ latent action of the window."""
+def bc_loss(policy, idm, feats):
+    """Eq. L_bc (poster): ||pi(o_t) - sg z_t||^2 with z_t = p's pre-VQ latent action of the window [B, 2, C, H, W];
+    pi reads f(o_t) from the window (its frozen f is a copy of f, so this equals pi(o_t))."""
     with torch.no_grad():
         target = idm.latent_action(feats)
-    return F.mse_loss(policy(window[:, -2]), target)  # o_t, the frame before the transition
+    return F.mse_loss(policy.from_features(feats[:, -2]), target)  # o_t, the frame before the transition
 
 
 def finetune_loss(idm, wm, decoder, feats, actions, wm_coef, finetune_idm=True):
@@ -726,7 +792,7 @@ def probe_latent_actions(idm, encoder, videos, device, n=4096, steps=300, seed=0
         idx = videos.sample(n, np.random.default_rng(seed))
         was_training = idm.training
         idm.eval()
-        las = torch.cat([idm.latent_action(encode_window(encoder, videos.windows(i, device))) for i in np.split(idx, range(256, n, 256))])
+        las = torch.cat([idm.latent_action(videos.window_features(i, encoder, device)) for i in np.split(idx, range(256, n, 256))])
         idm.train(was_training)
         ta, half = torch.from_numpy(videos.ta[idx]).to(device), n // 2
         probe = nn.Sequential(nn.Linear(las.shape[1], 128), nn.ReLU(), nn.Linear(128, ta.shape[1])).to(device)
@@ -769,7 +835,7 @@ def evaluate(env, policy, decoder, device, episodes, video_path=None):
 
 
 if __name__ == "__main__":
-    args = tyro.cli(Args)
+    args = parse_args()
     args.la_dim = args.vq_num_codebooks * args.vq_num_latents * args.vq_dim
     metaworld_task = is_metaworld(args.env_id)
     # the official per-task defaults, resolved here once, so that results.json records the values actually used
@@ -791,6 +857,7 @@ if __name__ == "__main__":
     torch.backends.cudnn.deterministic = args.torch_deterministic
     if args.num_threads > 0:
         torch.set_num_threads(args.num_threads)
+    print(f"torch threads: {torch.get_num_threads()}; scale: {args.scale}")
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     rng = np.random.default_rng(args.seed)  # training samples; diagnostics draw from their own generators
 
@@ -823,7 +890,7 @@ if __name__ == "__main__":
         if args.offline_checkpoint:
             try:
                 ckpt = torch.load(args.offline_checkpoint, map_location=device, weights_only=False)
-                for key in ("encoder_channels", "impala_scale", "wm_scale", "policy_hidden"):  # sizes of the checkpoint
+                for key in ("encoder_channels", "feature_pool", "impala_scale", "wm_scale", "policy_hidden"):  # sizes of the checkpoint
                     setattr(args, key, ckpt["args"][key])
             except Exception as e:
                 raise DataError(f"could not load --offline-checkpoint {args.offline_checkpoint} "
@@ -844,11 +911,11 @@ if __name__ == "__main__":
     act_dim, low, high = env.action_space.shape[0], env.action_space.low, env.action_space.high
 
     # ALGO LOGIC: networks
-    encoder = Encoder(9, args.encoder_channels).to(device)
-    feat_shape = (args.encoder_channels, 32, 32)
+    encoder = Encoder(9, args.encoder_channels, args.feature_pool).to(device)
+    feat_shape = (args.encoder_channels, 32 // args.feature_pool, 32 // args.feature_pool)
     feat_dim = int(np.prod(feat_shape))
     idm = IDM(args, feat_shape).to(device)
-    wm = WorldModel(args.encoder_channels, args.encoder_channels, args.la_dim, size=32, base=args.wm_scale,
+    wm = WorldModel(args.encoder_channels, args.encoder_channels, args.la_dim, size=feat_shape[-1], base=args.wm_scale,
                     tanh=args.wm_tanh).to(device)
     stages_done = 0
     if ckpt is not None:
@@ -872,7 +939,7 @@ if __name__ == "__main__":
     # ===== STAGE 1: SELF-SUPERVISED ENCODER ON VIDEO FRAMES (Proto-RL across time, poster L_lf) =====
     if stages_done < 1 and args.ssl_encoder:
         t = time.time()
-        ssl = ProtoSSL(encoder, feat_dim, num_protos=args.num_protos).to(device)
+        ssl = ProtoSSL(encoder, args.encoder_channels * 32 * 32, num_protos=args.num_protos).to(device)  # on f's maps
         optimizer = torch.optim.Adam(ssl.online_parameters(), lr=args.ssl_lr)
         for step in (pbar := trange(args.ssl_steps, desc="stage 1: encoder SSL (Proto-RL across time)")):
             window = offline_videos.windows(offline_videos.sample(args.ssl_batch_size, rng), device)  # (o_t, o_{t+1})
@@ -890,18 +957,25 @@ if __name__ == "__main__":
         del ssl, optimizer
         wall["ssl"] = time.time() - t
     encoder.requires_grad_(False)  # f is frozen from here on (random and frozen with --no-ssl-encoder)
+    if stages_done < 1 and args.feature_norm:  # f's output statistics on the videos (part of f from here on)
+        sample = encode_window(encoder, offline_videos.windows(offline_videos.sample(2048, rng), device))[:, 0]
+        encoder.feat_mean.copy_(sample.mean(0))
+        encoder.feat_std.copy_(sample.std(0) + 1e-2)
     if stages_done < 1 and args.save_model:
         save_offline(1)
+    if args.cache_features:  # exact speed-up: the features of the video frames, computed once
+        for videos in {id(v): v for v in (own_videos, offline_videos)}.values():
+            videos.cache_features(encoder, device, args.max_feature_cache_gb)
+    policy.encoder.load_state_dict(encoder.state_dict())  # pi's own frozen copy of f
 
     # ===== CONTROL, NOT BCV-LR (--true-action-bc): BEHAVIOUR CLONING ON THE VIDEOS' TRUE ACTIONS, THE CEILING =====
     if args.true_action_bc:  # the same pi (its frozen f copy and trunk) and d, as many updates as stage 3 + online
         t = time.time()
         optimizer = torch.optim.AdamW(list(policy.trunk.parameters()) + list(decoder.parameters()), lr=args.bc_lr)
-        policy.encoder.load_state_dict(encoder.state_dict())
         for step in (pbar := trange(args.bc_steps + len(round_ends) * args.online_bc_updates, desc="control: true-action BC")):
             idx = own_videos.sample(args.bc_batch_size, rng)
-            obs_t, ta = (torch.from_numpy(x[idx]).to(device) for x in (own_videos.obs, own_videos.ta))
-            loss = F.mse_loss(decoder(policy(obs_t)), ta)
+            feats_t = own_videos.window_features(idx, encoder, device)[:, 0]  # f(o_t)
+            loss = F.mse_loss(decoder(policy.from_features(feats_t)), torch.from_numpy(own_videos.ta[idx]).to(device))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -917,7 +991,7 @@ if __name__ == "__main__":
         t = time.time()
         optimizer = torch.optim.AdamW(list(idm.parameters()) + list(wm.parameters()), lr=args.lam_lr)
         for step in (pbar := trange(args.lam_steps, desc="stage 2: latent action model")):
-            feats = encode_window(encoder, offline_videos.windows(offline_videos.sample(args.lam_batch_size, rng), device))
+            feats = offline_videos.window_features(offline_videos.sample(args.lam_batch_size, rng), encoder, device)
             loss, _, perplexity = latent_dynamics_loss(idm, wm, feats)
             optimizer.zero_grad()
             loss.backward()
@@ -945,10 +1019,8 @@ if __name__ == "__main__":
     if stages_done < 3:
         t = time.time()
         bc_optimizer = torch.optim.AdamW(policy.trunk.parameters(), lr=args.bc_lr)
-        policy.encoder.load_state_dict(encoder.state_dict())  # pi's own frozen copy of f
         for step in (pbar := trange(args.bc_steps, desc="stage 3: latent behaviour cloning")):
-            window = offline_videos.windows(offline_videos.sample(args.bc_batch_size, rng), device)
-            loss = bc_loss(policy, idm, window, encode_window(encoder, window))
+            loss = bc_loss(policy, idm, offline_videos.window_features(offline_videos.sample(args.bc_batch_size, rng), encoder, device))
             bc_optimizer.zero_grad()
             loss.backward()
             bc_optimizer.step()
@@ -981,7 +1053,7 @@ if __name__ == "__main__":
     obs, _ = env.reset(seed=args.seed)
     ep_return, ep_len, ep_success = 0.0, 0, False
     try:
-        for round_end in round_ends:
+        for round_i, round_end in enumerate(round_ends):
             # (a) collect until round_end: uniform-random actions in the warm-up, then clip(d(pi(o_t)) + Gaussian noise);
             # the two controls never touch the env
             while agent_step < round_end and not (args.true_action_bc or args.labelled_video_transitions):
@@ -1029,17 +1101,16 @@ if __name__ == "__main__":
                 writer.add_scalar("losses/ft_dynamics", dyn.item(), global_step)
             if own_videos.ta is not None and own_videos.ta.shape[1] == act_dim:  # diagnostic only: vs true a_t
                 with torch.no_grad():
-                    window = own_videos.windows(diag_idx, device)
+                    feats = own_videos.window_features(diag_idx, encoder, device)
                     ta = torch.from_numpy(own_videos.ta[diag_idx]).to(device)
-                    decoded = decoder(idm.latent_action(encode_window(encoder, window)))
+                    decoded = decoder(idm.latent_action(feats))
                     writer.add_scalar("diagnostics/decoded_action_mse", F.mse_loss(decoded, ta).item(), global_step)
-                    writer.add_scalar("diagnostics/policy_action_mse", F.mse_loss(decoder(policy(window[:, 0])), ta).item(),
-                                      global_step)
+                    writer.add_scalar("diagnostics/policy_action_mse",
+                                      F.mse_loss(decoder(policy.from_features(feats[:, 0])), ta).item(), global_step)
 
             # (c) re-clone pi onto the (fine-tuned) latent actions of the videos
             for _ in range(args.online_bc_updates):
-                window = own_videos.windows(own_videos.sample(args.online_bc_batch_size, rng), device)
-                loss = bc_loss(policy, idm, window, encode_window(encoder, window))
+                loss = bc_loss(policy, idm, own_videos.window_features(own_videos.sample(args.online_bc_batch_size, rng), encoder, device))
                 bc_optimizer.zero_grad()
                 loss.backward()
                 bc_optimizer.step()
@@ -1047,6 +1118,8 @@ if __name__ == "__main__":
                 writer.add_scalar("losses/bc_loss", loss.item(), global_step)
 
             # (d) evaluate: deterministic policy, actions clipped to the action space
+            if (round_i + 1) % args.eval_every and round_i + 1 < len(round_ends):
+                continue
             t = time.time()
             video_path = None
             if args.capture_video:

@@ -17,26 +17,12 @@ set -u
 # expert flags to experts/<suite>_expert.py. "full" = the learners' own defaults = the paper's sizes and budgets.
 # Each variable can also be overridden from the environment (e.g. CPU_PROCGEN_FLAGS="..." bash run_all.sh cpu).
 # ============================================================================================================
-# --- cpu scale: small networks, short stages and reduced online budgets, sized so that one run (both variants)
-# takes about 20 minutes on one core of a 2-core CPU. Short stages need a faster VQ codebook EMA (--vq-decay 0.99: time
-# constant 100 steps; the paper's 0.999 barely moves the codes in a few hundred steps) and a larger online learning
-# rate of p (Procgen --ft-idm-lr 3e-4, the stage-2 rate, instead of 2e-5: 15 fine-tuning updates per iteration).
-# --no-wm-tanh: w's output is linear; with the official tanh/2, 80% of the SSL encoder's feature values lie outside
-# [-0.5, 0.5] (coinrun, measured), so w cannot even copy f(o_t) (MSE 1.5 vs 0.12 for copying) and ignores la.
-# Procgen: games whose camera follows the agent (coinrun, jumper), so that an action moves most pixels; in bigfish or
-# chaser about 1.5% of the pixels change per step and the latent actions stay uninformative at this budget.
-CPU_PROCGEN_FLAGS="${CPU_PROCGEN_FLAGS---encoder-channels 8 --impala-scale 1 --wm-scale 8 --ssl-steps 500 --ssl-batch-size 64 \
---lam-steps 600 --lam-batch-size 32 --vq-decay 0.99 --no-wm-tanh --bc-steps 600 --bc-batch-size 32 --probe-every 300 --probe-windows 1024 \
---num-envs 32 --total-timesteps 30000 --ft-updates 15 --ft-batch-size 64 --ft-idm-lr 3e-4 --online-bc-updates 30 \
---eval-episodes 32}"
-CPU_CONT_FLAGS_DMC="${CPU_CONT_FLAGS_DMC---encoder-channels 16 --impala-scale 1 --wm-scale 8 --policy-hidden 256 --ssl-steps 300 \
---ssl-batch-size 64 --lam-steps 600 --lam-batch-size 64 --vq-decay 0.99 --no-wm-tanh --probe-every 300 --bc-steps 500 --bc-batch-size 64 \
---total-timesteps 10000 --ft-updates 50 --ft-batch-size 128 --online-bc-updates 100 --online-bc-batch-size 64 \
---eval-episodes 3 --num-threads 1 --no-cuda}"
-CPU_CONT_FLAGS_MW="${CPU_CONT_FLAGS_MW---encoder-channels 16 --impala-scale 1 --wm-scale 8 --policy-hidden 256 --ssl-steps 300 \
---ssl-batch-size 64 --lam-steps 600 --lam-batch-size 64 --vq-decay 0.99 --no-wm-tanh --probe-every 300 --bc-steps 500 --bc-batch-size 64 \
---total-timesteps 5000 --ft-updates 50 --ft-batch-size 128 --online-bc-updates 100 --online-bc-batch-size 64 \
---eval-episodes 3 --num-threads 1 --no-cuda}"
+# --- cpu scale: the learners' own `--scale cpu` preset (CPU_SCALE in bcvlr.py / bcvlr_continuous.py; `python bcvlr.py
+# --scale cpu --help` lists its values): smaller networks, f's maps average-pooled before p, w and pi, cached video
+# features, more updates at smaller batches, the paper's online env-step budgets. README "Differences" has its effects.
+CPU_PROCGEN_FLAGS="${CPU_PROCGEN_FLAGS---scale cpu --no-cuda}"
+CPU_CONT_FLAGS_DMC="${CPU_CONT_FLAGS_DMC---scale cpu --no-cuda}"
+CPU_CONT_FLAGS_MW="${CPU_CONT_FLAGS_MW---scale cpu --no-cuda}"
 CPU_EXPERT_PROCGEN="${CPU_EXPERT_PROCGEN---num-transitions 10000 --test-fraction 0.05}"
 CPU_EXPERT_DMC="${CPU_EXPERT_DMC---num-transitions 10000}"
 CPU_EXPERT_MW="${CPU_EXPERT_MW---num-transitions 10000}"
@@ -214,7 +200,8 @@ run_job() {  # <scale> <task> <seed>
     script="$REPO/bcvlr.py"; [ "$suite" != procgen ] && script="$REPO/bcvlr_continuous.py"
     local flags=()
     read -r -a flags <<< "$(flags_for "$scale" "$suite" learner)"
-    local base=("$PYTHON" "$script" --env-id "$task" --seed "$seed" --video-dir "$DATA_DIR/{env_id}" "${flags[@]}")
+    local base=("$PYTHON" "$script" --env-id "$task" --seed "$seed" --video-dir "$DATA_DIR/{env_id}"
+                --num-threads "${OMP_NUM_THREADS:-0}" "${flags[@]}")
     local dir_b="$OUT/$suite/$task/bcvlr/seed$seed"
     echo "[start] $suite/$task seed$seed"
     start=$SECONDS

@@ -120,7 +120,7 @@ def main(args):
         if ckpt:
             run_args = bcvlr.Args(**{k: v for k, v in ckpt["args"].items() if k in bcvlr.Args.__dataclass_fields__})
         run_args.la_dim = run_args.vq_num_codebooks * run_args.vq_num_latents * run_args.vq_dim
-        f, p, d = bcvlr.Encoder(run_args.encoder_channels), bcvlr.IDM(run_args), bcvlr.make_decoder(run_args.la_dim)
+        f, p, d = bcvlr.Encoder(run_args.encoder_channels, run_args.feature_pool), bcvlr.IDM(run_args), bcvlr.make_decoder(run_args.la_dim)
         if ckpt:
             f.load_state_dict(ckpt["encoder"])
             p.load_state_dict(ckpt["idm"])
@@ -144,8 +144,8 @@ def main(args):
             run_args = cont.Args(**{k: v for k, v in ckpt["args"].items() if k in cont.Args.__dataclass_fields__})
         run_args.la_dim = run_args.vq_num_codebooks * run_args.vq_num_latents * run_args.vq_dim
         data, acts = collect_continuous(cont, args, rng)
-        f = cont.Encoder(9, run_args.encoder_channels)
-        p, d = cont.IDM(run_args, (run_args.encoder_channels, 32, 32)), cont.make_decoder(run_args.la_dim, acts.shape[1])
+        f, size = cont.Encoder(9, run_args.encoder_channels, run_args.feature_pool), 32 // run_args.feature_pool
+        p, d = cont.IDM(run_args, (run_args.encoder_channels, size, size)), cont.make_decoder(run_args.la_dim, acts.shape[1])
         if ckpt:
             f.load_state_dict(ckpt["encoder"])
             p.load_state_dict(ckpt["idm"])

@@ -170,7 +170,7 @@ def test_losses_route_gradients_to_the_right_modules():
     assert torch.isfinite(loss) and idm.trunk.head[-1].weight.grad is not None and wm.head[-1].weight.grad is not None
     assert all(p.grad is None for p in enc.parameters())
     idm.zero_grad()
-    bc = bc_loss(pi, idm, window, feats)
+    bc = bc_loss(pi, idm, feats)
     bc.backward()
     assert pi.trunk.head[-1].weight.grad is not None and idm.trunk.head[-1].weight.grad is None  # target is sg(la)
     actions = torch.randint(15, (4,))
@@ -183,6 +183,28 @@ def test_losses_route_gradients_to_the_right_modules():
     total1.backward()
     assert torch.allclose(total1, ce) and dyn1.item() == 0.0 and dec[0].weight.grad is not None
     assert all(p.grad is None for p in list(idm.parameters()) + list(wm.parameters()))
+
+
+def test_cached_features_equal_uncached(procgen_data):
+    # f is frozen after stage 1: the cached features of the video frames must give the same numbers as encoding batches
+    torch.manual_seed(0)
+    obs = torch.from_numpy(procgen_data["obs"][:60])
+    starts = torch.from_numpy(bcvlr.window_starts(np.arange(60) % 20 == 19))
+    a = args_of(encoder_channels=2, impala_scale=1, feature_pool=4)
+    enc = Encoder(2, pool=4).requires_grad_(False)
+    enc.feat_mean.uniform_(), enc.feat_std.uniform_(0.5, 2)  # --feature-norm on
+    assert enc.maps(torch.zeros(1, 3, 64, 64)).shape == (1, 2, 64, 64)  # stage 1 trains on the full maps
+    idm, wm, pi = IDM(a).eval(), WorldModel(4, 2, 128, size=16, base=4).eval(), LatentPolicy(enc, a)
+    idx = bcvlr.sample_starts(starts, 8)
+    uncached = bcvlr.window_features(enc, obs, idx, "cpu")
+    cache = bcvlr.cache_features(enc, obs, "cpu", max_gb=1.0)
+    cached = bcvlr.window_features(enc, obs, idx, "cpu", cache)
+    assert cache.shape == (60, 2, 16, 16) and cached.shape == (8, 3, 2, 16, 16) and torch.allclose(cached, uncached, atol=1e-6)
+    for loss in (lambda f: latent_dynamics_loss(idm, wm, f)[0], lambda f: bc_loss(pi, idm, f)):
+        assert torch.allclose(loss(cached), loss(uncached), rtol=1e-5, atol=1e-7)
+    o_t = bcvlr.normalize(obs[idx + 1].permute(0, 3, 1, 2))
+    assert torch.allclose(pi(o_t), pi.from_features(cached[:, 1]), atol=1e-5)  # = pi(o_t)
+    assert bcvlr.cache_features(enc, obs, "cpu", max_gb=1e-6) is None  # over the limit: batches are encoded as drawn
 
 
 def test_window_masking_at_episode_ends():
@@ -329,13 +351,14 @@ def test_end_to_end_multitask_and_ablations(tmp_path, procgen_data):
     write_lapo_dataset(str(tmp_path / "data" / "maze"), {k: v[:600] for k, v in procgen_data.items()})
     r = run_bcvlr(f"--env-id starpilot --video-env-ids bigfish maze --video-dir {tmp_path}/data/{{env_id}} {TINY} "
                   "--no-ssl-encoder --no-finetune-latent-actions --ft-wm-coef 0 --num-video-transitions 500 --no-wm-tanh "
-                  "--no-train-recon-decoder --no-bilinear-shift",
-                  cwd=tmp_path)
+                  "--no-train-recon-decoder --no-bilinear-shift --scale cpu --num-threads 1",
+                  cwd=tmp_path)  # the cpu scale, with TINY's explicit sizes winning over it
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "torch threads: 1; scale: cpu" in r.stdout  # --num-threads reaches torch
     assert "1000 frames" in r.stdout and "from bigfish, maze" in r.stdout
     res = json.load(open(os.path.join(_results(tmp_path)[0], "results.json")))
     assert res["env_id"] == "starpilot" and res["video_return"] is None and res["args"]["ssl_encoder"] is False
-    assert res["args"]["wm_tanh"] is False
+    assert res["args"]["wm_tanh"] is False and res["args"]["feature_pool"] == 4 and res["args"]["encoder_channels"] == 2
 
 
 def _square_frames(n, seed):

@@ -217,6 +217,32 @@ def test_latent_action_usage_reads_zero_when_the_latent_is_unused():
     assert abs(u_unused) < 0.01 * u_needed  # measured: 3e-7
 
 
+def test_cached_features_equal_uncached():
+    # f is frozen after stage 1: the cached features of the video frames must give the same numbers as encoding batches
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    obs = rng.integers(0, 256, size=(40, 9, 64, 64), dtype=np.uint8)
+    videos = bc.VideoData([dict(obs=obs, done=np.arange(40) % 20 == 19, ta=None, ep_returns=None)])
+    a = bc.Args(encoder_channels=4, feature_pool=2, impala_scale=1, policy_hidden=32, la_dim=128)
+    enc = bc.Encoder(9, 4, pool=2).requires_grad_(False)
+    enc.feat_mean.uniform_(), enc.feat_std.uniform_(0.5, 2)  # --feature-norm on
+    assert enc.maps(torch.from_numpy(obs[:2])).shape == (2, 4, 32, 32)  # stage 1 trains on the full maps
+    idm, wm = bc.IDM(a, (4, 16, 16)).eval(), bc.WorldModel(4, 4, 128, size=16, base=4).eval()
+    pi = bc.LatentPolicy(enc, a, 4 * 16 * 16)
+    idx = videos.sample(8, rng)
+    uncached = videos.window_features(idx, enc, "cpu")
+    videos.cache_features(enc, "cpu", max_gb=1.0)
+    assert videos.feats.shape == (40, 4, 16, 16)
+    cached = videos.window_features(idx, enc, "cpu")
+    assert cached.shape == (8, 2, 4, 16, 16) and torch.allclose(cached, uncached, atol=1e-6)
+    for loss in (lambda f: bc.latent_dynamics_loss(idm, wm, f)[0], lambda f: bc.bc_loss(pi, idm, f)):
+        assert torch.allclose(loss(cached), loss(uncached), rtol=1e-5, atol=1e-7)
+    assert torch.allclose(pi(torch.from_numpy(obs[idx])), pi.from_features(cached[:, 0]), atol=1e-5)  # = pi(o_t)
+    videos.feats = None
+    videos.cache_features(enc, "cpu", max_gb=1e-6)  # over the limit: no cache, batches are encoded as drawn
+    assert videos.feats is None
+
+
 def test_decoder_and_exploration_noise():
     d = bc.make_decoder(128, 6)
     assert d(torch.randn(5, 128)).shape == (5, 6)
@@ -473,13 +499,16 @@ def test_end_to_end_metaworld_from_mp4(tmp_path):
     folder.mkdir()
     for k, (stacks, _, _) in enumerate(record("drawer-open-v3", 2, 20)):
         write_mp4(folder / f"{k}.mp4", stacks[:, -3:].transpose(0, 2, 3, 1))  # newest frame of each stack
-    args = ["--env-id", "drawer-open-v3", "--video-dir", str(folder), "--total-timesteps", "20"]
+    args = ["--scale", "cpu", "--env-id", "drawer-open-v3", "--video-dir", str(folder), "--total-timesteps", "20"]
     args += ["--no-ssl-encoder", "--capture-video"]
-    result = run(args + TINY, tmp_path)
+    result = run(args + TINY, tmp_path)  # the cpu scale, with TINY's explicit sizes winning over it
     assert result.returncode == 0, result.stdout + result.stderr
-    assert len(glob.glob(str(tmp_path / "videos" / "*" / "eval_*.mp4"))) == 2  # one per evaluation round
+    assert "torch threads: 1; scale: cpu" in result.stdout  # --num-threads reaches torch
+    assert len(glob.glob(str(tmp_path / "videos" / "*" / "eval_*.mp4"))) == 1  # cpu scale: every 10th round + the last
     results, _ = check_run(tmp_path, "drawer-open-v3", metaworld=True)
     assert results["env_steps"] == 20 and results["args"]["action_repeat"] == 1 and results["video_return"] is None
+    assert results["args"]["feature_pool"] == 2 and results["args"]["feature_norm"] and results["args"]["eval_every"] == 10
+    assert results["args"]["encoder_channels"] == 8  # an explicit flag wins over the preset
     assert "stage 1" not in result.stderr  # --no-ssl-encoder skips the SSL loop
 
 
