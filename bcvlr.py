@@ -981,20 +981,30 @@ if __name__ == "__main__":
     bc_optimizer = torch.optim.Adam(policy.trunk.parameters(), lr=args.bc_lr)
     wm.requires_grad_(False)  # w is a fixed critic online (still in train mode: BatchNorm uses batch statistics)
 
-    # ALGO Logic: Storage setup; replay of windows (o_{t-1}, o_t, o_{t+1}) with a_t, never across an episode end
-    buffer_obs = np.zeros((args.buffer_size, 3, 64, 64, 3), dtype=np.uint8)
+    # ALGO Logic: Storage setup; replay of windows (o_{t-1}, o_t, o_{t+1}) with a_t, never across an episode end. It keeps
+    # the frames, or their f-features when they fit (f is frozen: computed once per frame, the same numbers)
+    feat_shape = (args.encoder_channels, 64 // args.feature_pool, 64 // args.feature_pool)
+    store_feats = args.cache_features and args.buffer_size * 3 * np.prod(feat_shape) * 4 <= args.max_feature_cache_gb * 2**30
+
+    @torch.no_grad()
+    def to_buffer(frames):  # [B, 64, 64, 3] uint8 -> what the replay keeps of each frame
+        return encoder(normalize(torch.from_numpy(frames).to(device).permute(0, 3, 1, 2))).cpu().numpy() if store_feats else frames
+
+    buffer_obs = np.zeros((args.buffer_size, 3, *(feat_shape if store_feats else (64, 64, 3))), np.float32 if store_feats else np.uint8)
     buffer_act = np.zeros(args.buffer_size, dtype=np.int64)
     buffer_pos, buffer_full = 0, False
     if args.labelled_video_transitions:  # the rebuttal's offline variant: the replay holds N labelled video windows
         n_labelled = min(args.labelled_video_transitions, len(starts), args.buffer_size)
-        buffer_obs[:n_labelled] = obs[starts[:n_labelled, None] + torch.arange(3)].numpy()
+        buffer_obs[:n_labelled] = (window_features(encoder, obs, starts[:n_labelled], device, cache).cpu().numpy() if store_feats
+                                   else obs[starts[:n_labelled, None] + torch.arange(3)].numpy())
         buffer_act[:n_labelled] = true_actions[starts[:n_labelled] + 1].numpy()
         buffer_pos, buffer_full = n_labelled % args.buffer_size, n_labelled == args.buffer_size
 
     # TRY NOT TO MODIFY: start the game
     envs = make_env(args.env_id, args.num_envs, args.seed)
     next_obs = envs.reset()["rgb"]
-    prev_obs, prev_valid = next_obs.copy(), np.zeros(args.num_envs, dtype=bool)  # o_{t-1} in the same episode?
+    next_item = to_buffer(next_obs)
+    prev_item, prev_valid = next_item.copy(), np.zeros(args.num_envs, dtype=bool)  # o_{t-1} in the same episode?
     ep_ret, ep_len = np.zeros(args.num_envs), np.zeros(args.num_envs, dtype=int)
     recent_returns, global_step, interrupted = [], 0, False
     diag_generator = torch.Generator().manual_seed(args.seed)  # diagnostics never touch the training RNG
@@ -1009,19 +1019,22 @@ if __name__ == "__main__":
                     action = np.random.randint(NUM_ACTIONS, size=args.num_envs)
                 else:  # ALGO LOGIC: action logic
                     with torch.no_grad():
-                        x = normalize(torch.from_numpy(next_obs).to(device).permute(0, 3, 1, 2))
-                        action = torch.distributions.Categorical(logits=decoder(policy(x))).sample().cpu().numpy()
+                        feats_t = (torch.from_numpy(next_item).to(device) if store_feats  # f(o_t), kept for the replay
+                                   else encoder(normalize(torch.from_numpy(next_obs).to(device).permute(0, 3, 1, 2))))
+                        logits = decoder(policy.from_features(feats_t))  # = d(pi(o_t)): pi's frozen f is f
+                        action = torch.distributions.Categorical(logits=logits).sample().cpu().numpy()
                 # TRY NOT TO MODIFY: execute the game and log data.
-                obs_t = next_obs
+                item_t = next_item
                 next_obs, reward, done, _ = envs.step(action)
                 next_obs = next_obs["rgb"]
+                next_item = to_buffer(next_obs)
                 global_step += args.num_envs
                 for i in np.flatnonzero(prev_valid & ~done):  # window (o_{t-1}, o_t, o_{t+1}) inside one episode
-                    buffer_obs[buffer_pos] = (prev_obs[i], obs_t[i], next_obs[i])
+                    buffer_obs[buffer_pos] = (prev_item[i], item_t[i], next_item[i])
                     buffer_act[buffer_pos] = action[i]
                     buffer_pos = (buffer_pos + 1) % args.buffer_size
                     buffer_full = buffer_full or buffer_pos == 0
-                prev_obs, prev_valid = obs_t, ~done
+                prev_item, prev_valid = item_t, ~done
                 ep_ret, ep_len = ep_ret + reward, ep_len + 1  # rewards are logged, never learned from
                 for i in np.flatnonzero(done):
                     print(f"global_step={global_step}, episodic_return={ep_ret[i]:.2f}")
@@ -1039,10 +1052,11 @@ if __name__ == "__main__":
             idm.train(args.finetune_latent_actions)  # VQ EMA updates only when p is fine-tuned
             for _ in range(args.ft_updates if n >= 1 else 0):
                 idx = np.random.randint(n, size=min(args.ft_batch_size, n))
-                window = normalize(torch.from_numpy(buffer_obs[idx]).to(device).permute(0, 1, 4, 2, 3))
+                window = torch.from_numpy(buffer_obs[idx]).to(device)
+                feats = window if store_feats else encode_window(encoder, normalize(window.permute(0, 1, 4, 2, 3)))
                 acts = torch.from_numpy(buffer_act[idx]).to(device)
-                loss, action_loss, dyn = finetune_loss(idm, wm, decoder, encode_window(encoder, window), acts,
-                                                       args.ft_wm_coef, args.finetune_latent_actions)
+                loss, action_loss, dyn = finetune_loss(idm, wm, decoder, feats, acts, args.ft_wm_coef,
+                                                       args.finetune_latent_actions)
                 idm_optimizer.zero_grad()
                 decoder_optimizer.zero_grad()
                 loss.backward()

@@ -418,25 +418,37 @@ def load_videos(video_dir, env_id, max_transitions=0, max_gb=16.0):
 
 class ReplayBuffer:
     """The agent's frame stacks in the same layout as the videos: act[i] was taken at obs[i]; done[i] marks the last
-    frame of an episode (stored with a dummy action). Pairs (i, i+1) with done[i] are never sampled; FIFO when full."""
+    frame of an episode (stored with a dummy action). Pairs (i, i+1) with done[i] are never sampled; FIFO when full.
+    With `store_encoder` = f it keeps f(obs), computed once when added (f is frozen: the same numbers), not the frames."""
 
-    def __init__(self, capacity, obs_shape, act_dim):
-        self.obs = np.zeros((capacity, *obs_shape), np.uint8)
+    def __init__(self, capacity, obs_shape, act_dim, store_encoder=None):
+        self.store_encoder = store_encoder
+        if store_encoder is not None:
+            obs_shape = self.encode(np.zeros(obs_shape, np.uint8)).shape
+        self.obs = np.zeros((capacity, *obs_shape), np.uint8 if store_encoder is None else np.float32)
         self.act = np.zeros((capacity, act_dim), np.float32)
         self.done = np.ones(capacity, bool)  # unwritten slots count as episode ends, so they are never sampled
         self.capacity, self.pos = capacity, 0
 
+    @torch.no_grad()
+    def encode(self, obs):
+        device = next(self.store_encoder.parameters()).device
+        return self.store_encoder(torch.from_numpy(obs[None]).to(device))[0].cpu().numpy()
+
     def add(self, obs, action, done):
-        self.obs[self.pos], self.act[self.pos], self.done[self.pos] = obs, action, done
+        self.obs[self.pos] = obs if self.store_encoder is None else self.encode(obs)
+        self.act[self.pos], self.done[self.pos] = action, done
         self.pos = (self.pos + 1) % self.capacity
 
-    def sample(self, batch_size, rng, device):
+    def sample(self, batch_size, rng, device, encoder):
+        """-> f-features of (o_t, o_{t+1}) [B, 2, C, H, W] and a_t [B, A]."""
         newest = (self.pos - 1) % self.capacity  # its successor is not written yet
         valid = np.flatnonzero(~self.done)
         valid = valid[valid != newest]
         idx = valid[rng.integers(0, len(valid), size=batch_size)]
-        window = self.obs[np.stack([idx, (idx + 1) % self.capacity], 1)]  # (o_t, o_{t+1}): [B, 2, 9, 64, 64] uint8
-        return torch.from_numpy(window).to(device), torch.from_numpy(self.act[idx]).to(device)  # and a_t [B, A]
+        window = torch.from_numpy(self.obs[np.stack([idx, (idx + 1) % self.capacity], 1)]).to(device)  # (o_t, o_{t+1})
+        feats = window if self.store_encoder is not None else encode_window(encoder, window)
+        return feats, torch.from_numpy(self.act[idx]).to(device)
 
 
 # ----------------------------------------------------------------------------- networks (in the order they are trained)
@@ -1040,11 +1052,14 @@ if __name__ == "__main__":
     bc_optimizer = torch.optim.Adam(policy.trunk.parameters(), lr=args.online_bc_lr)
     if args.labelled_video_transitions:  # the rebuttal's offline variant: the replay holds N labelled video pairs
         frames = own_videos.valid[min(args.labelled_video_transitions, len(own_videos.valid)) - 1] + 2  # the first N pairs
-        rb = ReplayBuffer(frames + 1, env.observation_space.shape, act_dim)
+        capacity = frames + 1
+    else:
+        capacity = min(args.buffer_size, 2 * num_agent_steps + 2)
+    store_feats = args.cache_features and capacity * feat_dim * 4 <= args.max_feature_cache_gb * 2**30  # exact speed-up
+    rb = ReplayBuffer(capacity, env.observation_space.shape, act_dim, encoder if store_feats else None)
+    if args.labelled_video_transitions:
         for i in range(frames):
             rb.add(own_videos.obs[i], own_videos.ta[i], own_videos.done[i] or i == frames - 1)
-    else:
-        rb = ReplayBuffer(min(args.buffer_size, 2 * num_agent_steps + 2), env.observation_space.shape, act_dim)
     diag_idx = own_videos.sample(min(1024, len(own_videos.valid)), np.random.default_rng(args.seed))  # fixed pairs
     eval_csv = Path(f"runs/{run_name}/eval.csv")
     with open(eval_csv, "w", newline="") as fh:
@@ -1082,9 +1097,9 @@ if __name__ == "__main__":
             num_ft = official["ft_updates"](round_end) if args.ft_updates is None else args.ft_updates
             idm.train(args.finetune_latent_actions), wm.train(args.finetune_latent_actions)
             for _ in range(num_ft):
-                window, actions = rb.sample(args.ft_batch_size, rng, device)
-                loss, action_loss, dyn = finetune_loss(idm, wm, decoder, encode_window(encoder, window), actions,
-                                                       args.ft_wm_coef, args.finetune_latent_actions)
+                feats, actions = rb.sample(args.ft_batch_size, rng, device, encoder)
+                loss, action_loss, dyn = finetune_loss(idm, wm, decoder, feats, actions, args.ft_wm_coef,
+                                                       args.finetune_latent_actions)
                 for opt in (idm_optimizer, decoder_optimizer, wm_optimizer):
                     if opt is not None:
                         opt.zero_grad()

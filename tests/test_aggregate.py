@@ -311,6 +311,9 @@ def test_run_all_pipeline_with_fake_learner(tmp_path):
     seed_dir = tmp_path / "out" / "procgen" / "bigfish" / "bcvlr" / "seed1"
     assert (seed_dir / "exit_code").read_text().strip() == "0"
     assert "--video-dir" in (seed_dir / "cmd.txt").read_text()
+    argv = calls[0]["argv"]  # the cpu scale is the learners' preset; each of the 2 workers gets 1 of the 2 cores' threads
+    assert "--scale" in argv and argv[argv.index("--scale") + 1] == "cpu"
+    assert argv[argv.index("--num-threads") + 1] == str(max(1, len(os.sched_getaffinity(0)) // 2))  # nproc / WORKERS
     nf = [c for c in calls if "--no-finetune-latent-actions" in c["argv"] and c["cwd"].endswith("bigfish/no_finetune/seed1")]
     assert len(nf) == 1
     ckpt = nf[0]["argv"][nf[0]["argv"].index("--offline-checkpoint") + 1]

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 ROOT = Path(__file__).resolve().parents[1]
@@ -289,8 +290,19 @@ def test_frame_stack_across_resets_matches_loader_stacking():
     assert np.array_equal(bc.stack_frames(frames), np.stack(seen))  # the loader stacks single frames identically
 
 
-def test_replay_buffer_never_pairs_across_episode_end():
-    rb = bc.ReplayBuffer(50, (9, 4, 4), 1)
+@pytest.mark.parametrize("store_features", [False, True])
+def test_replay_buffer_never_pairs_across_episode_end(store_features):
+    class MeanEncoder(nn.Module):  # a stand-in for f: both output channels = the mean of the 9 input channels
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(9, 2, 1)
+            nn.init.constant_(self.conv.weight, 1 / 9), nn.init.zeros_(self.conv.bias)
+
+        def forward(self, x):
+            return self.conv(x.float())
+
+    f = MeanEncoder().requires_grad_(False)
+    rb = bc.ReplayBuffer(50, (9, 4, 4), 1, f if store_features else None)  # stored: f(o), computed once when added
     value = 0
     for episode in range(6):
         for t in range(5):
@@ -298,10 +310,12 @@ def test_replay_buffer_never_pairs_across_episode_end():
             rb.add(np.full((9, 4, 4), value, np.uint8), np.array([value], np.float32), last)
             value += 1
     rb.add(np.full((9, 4, 4), value, np.uint8), np.array([value], np.float32), False)  # newest: successor unknown
+    assert rb.obs.shape == ((50, 2, 4, 4) if store_features else (50, 9, 4, 4))
     rng = np.random.default_rng(0)
-    window, act = rb.sample(2000, rng, "cpu")
-    v_t, v_tp1 = window[:, 0, 0, 0, 0].long(), window[:, 1, 0, 0, 0].long()
-    assert torch.equal(v_tp1, (v_t + 1) % 256) and torch.equal(act[:, 0].long(), v_t)
+    feats, act = rb.sample(2000, rng, "cpu", f)
+    assert feats.shape == (2000, 2, 2, 4, 4)
+    v_t, v_tp1 = feats[:, 0, 0, 0, 0].round().long(), feats[:, 1, 0, 0, 0].round().long()
+    assert torch.equal(v_tp1, v_t + 1) and torch.equal(act[:, 0].long(), v_t)
     assert not ((v_t % 5) == 4).any()  # the last frame of an episode is never the first of a pair
     assert len(set(v_t.tolist())) == 30 - 6  # every other pair is sampled
     assert not (v_t == value).any()  # the newest entry has no successor yet
