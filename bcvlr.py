@@ -108,7 +108,8 @@ class Args:
     on the full maps); 1 = official"""
     feature_norm: bool = False
     """standardise each f-feature (channel and position) by its mean and std over the video frames, measured once after
-    stage 1, for p, w and pi (cpu scale; not official: it weights the few features that move as much as the rest)"""
+    stage 1, for p, w and pi (not official; the continuous file's cpu scale uses it: it weights the few features that
+    move as much as the rest)"""
     cache_features: bool = True
     """compute the f-features of all video frames once after stage 1 (f is frozen: the same numbers, faster)"""
     max_feature_cache_gb: float = 4.0
