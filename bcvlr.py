@@ -10,7 +10,7 @@ transitions (poster L_ft), re-clone pi on the videos, collect with a ~ Categoric
 No reward is ever used for learning.
 
     $ python bcvlr.py --env-id fruitbot
-    $ python bcvlr.py --env-id fruitbot --impala-scale 1 --wm-scale 8 --ssl-steps 2000 --lam-steps 2000 --bc-steps 2000
+    $ python bcvlr.py --env-id coinrun --scale cpu --num-threads 1      # smaller, pooled, cached: CPU_SCALE below
     $ python bcvlr.py --env-id bigfish --video-env-ids bigfish maze starpilot   # multi-task pre-training (BCV-LR-M)
 """
 import contextlib

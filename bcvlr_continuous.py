@@ -7,7 +7,7 @@ Offline, from action-free expert videos: (1) a conv encoder f learns features wi
 decoder d are fine-tuned on the agent's own transitions, pi is re-cloned on the videos, and the policy is evaluated.
 
 $ python bcvlr_continuous.py --env-id reacher_hard
-$ python bcvlr_continuous.py --env-id drawer-open-v3 --ssl-steps 500 --lam-steps 500 --bc-steps 500 --no-cuda
+$ python bcvlr_continuous.py --env-id point_mass_easy --scale cpu --num-threads 1 --no-cuda   # CPU_SCALE below
 
 The pixel environments (DMControl, Metaworld, frame stack) are in continuous_envs.py next to this file.
 """

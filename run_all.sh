@@ -7,9 +7,10 @@
 #   full: not measured here (no GPU on the development machine); the paper's code runs its online stage in about
 #         1 GPU-hour (shared/spec/algorithm.md section 8); the offline stages' time is not reported.
 #   cpu:  measured on the 2-core CPU with 2-4 runs sharing it (README "Results"): the ceiling (true_action_bc) 2-3 min
-#         (DMC/Metaworld) and 9-11 min (Procgen); BCV-LR on point_mass_easy with 40k frames 24 min, so with the
-#         paper's 100k frames about an hour. The whole cpu run (5 tasks x 3 seeds x 3 variants) has NOT been timed
-#         and is expected to take well over the 150 minutes that issue 12 asks for.
+#         (DMC/Metaworld) and 9-13 min (Procgen); BCV-LR on coinrun (100k steps) 32 min, on point_mass_easy with
+#         40k frames 24 min (so about an hour with the paper's 100k), no_finetune on coinrun 9 min.
+#         The whole cpu run (2 tasks x 3 seeds x 3 variants) has NOT been timed; from these numbers it would take
+#         well over the 150 minutes that issue 12 asks for.
 set -u
 
 # ============================================================================================================
