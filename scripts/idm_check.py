@@ -112,7 +112,7 @@ def main(args):
     ckpt = torch.load(args.offline_checkpoint, map_location="cpu", weights_only=False) if args.offline_checkpoint else None
     encoder_keys = "net." if discrete else "convnet."  # bcvlr.py's Procgen encoder vs the continuous DrQ encoder
     if ckpt is not None and not (isinstance(ckpt, dict) and all(k in ckpt for k in ("encoder", "idm", "args"))
-                                 and all(k.startswith(encoder_keys) for k in ckpt["encoder"])):
+                                 and all(k.startswith(encoder_keys) or k in ("feat_mean", "feat_std") for k in ckpt["encoder"])):
         raise SystemExit(f"error: {args.offline_checkpoint} is not an offline.pt of "
                          f"{'bcvlr.py' if discrete else 'bcvlr_continuous.py'} (the learner of {args.env_id})")
     if discrete:

@@ -51,3 +51,17 @@ def test_idm_check_bad_checkpoint_is_one_line_error(tmp_path):
     torch.save({"encoder": {"convnet.0.weight": torch.zeros(1)}, "idm": {}, "args": {}}, bad)  # a continuous one
     with pytest.raises(SystemExit, match="is not an offline.pt of bcvlr.py"):
         _idm_check(env_id="coinrun", updates=1, offline_checkpoint=str(bad))
+
+
+def test_idm_check_loads_an_offline_checkpoint_of_the_cpu_scale(tmp_path):
+    # an offline.pt of `--scale cpu`: pooled maps and f's standardisation buffers (feat_mean, feat_std)
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import bcvlr_continuous as cont
+
+    a = cont.Args(**cont.CPU_SCALE)
+    a.la_dim = a.vq_num_codebooks * a.vq_num_latents * a.vq_dim
+    f, p = cont.Encoder(9, a.encoder_channels, a.feature_pool), cont.IDM(a, (a.encoder_channels, 16, 16))
+    torch.save({"encoder": f.state_dict(), "idm": p.state_dict(), "args": vars(a)}, tmp_path / "offline.pt")
+    res = _idm_check(env_id="reacher_easy", transitions=300, updates=1, eval_every=1, batch_size=16,
+                     offline_checkpoint=str(tmp_path / "offline.pt"))
+    assert res["metric"] == "MSE" and [c["update"] for c in res["curve"]] == [0, 1]
