@@ -383,11 +383,11 @@ def sample_windows(obs, starts, batch_size, device, generator=None):
     return windows_at(obs, sample_starts(starts, batch_size, generator), device)
 
 
-def window_features(encoder, obs, idx, device, cache=None):
+def window_features(encoder, obs, idx, device, cache=None, window=3):
     """window starts [B] -> f-features of (o_{t-1}, o_t, o_{t+1}) [B, 3, C, H, W], from the cache when there is one."""
     if cache is None:
-        return encode_window(encoder, windows_at(obs, idx, device))
-    return cache[idx[:, None] + torch.arange(3)].to(device)
+        return encode_window(encoder, windows_at(obs, idx, device, window))
+    return cache[idx[:, None] + torch.arange(window)].to(device)
 
 
 @torch.no_grad()
@@ -906,7 +906,7 @@ if __name__ == "__main__":
         timings["ssl"] = time.time() - t
     encoder.requires_grad_(False)  # f is frozen from here on
     if stages_done < 1 and args.feature_norm:  # f's output statistics on the videos (part of f from here on)
-        sample = encode_window(encoder, sample_windows(obs, starts, 2048, device))[:, 1]
+        sample = encode_window(encoder, windows_at(obs, sample_starts(starts, 2048) + 1, device, window=1))[:, 0]  # o_t
         encoder.feat_mean.copy_(sample.mean(0))
         encoder.feat_std.copy_(sample.std(0) + 1e-2)
     if stages_done < 1 and args.save_model:
@@ -920,7 +920,7 @@ if __name__ == "__main__":
         optimizer = torch.optim.AdamW(list(policy.trunk.parameters()) + list(decoder.parameters()), lr=args.bc_lr)
         for step in (pbar := trange(args.bc_steps + num_iterations * args.online_bc_updates, desc="control: true-action BC")):
             idx = sample_starts(starts, args.bc_batch_size)
-            feats_t = window_features(encoder, obs, idx, device, cache)[:, 1]  # f(o_t), the middle frame of a window
+            feats_t = window_features(encoder, obs, idx + 1, device, cache, window=1)[:, 0]  # f(o_t), a window's middle frame
             loss = F.cross_entropy(decoder(policy.from_features(feats_t)), true_actions[idx + 1].to(device))
             optimizer.zero_grad()
             loss.backward()

@@ -366,15 +366,15 @@ class VideoData:
     def sample(self, batch_size, rng):
         return self.valid[rng.integers(0, len(self.valid), size=batch_size)]
 
-    def windows(self, idx, device):
-        """pair starts [B] -> windows (o_t, o_{t+1}) [B, 2, 9, 64, 64] uint8 on device."""
-        return torch.from_numpy(self.obs[idx[:, None] + np.arange(2)]).to(device)
+    def windows(self, idx, device, frames=2):
+        """pair starts [B] -> windows (o_t, o_{t+1}) [B, 2, 9, 64, 64] uint8 on device (frames=1: o_t only)."""
+        return torch.from_numpy(self.obs[idx[:, None] + np.arange(frames)]).to(device)
 
-    def window_features(self, idx, encoder, device):
+    def window_features(self, idx, encoder, device, frames=2):
         """pair starts [B] -> f-features of (o_t, o_{t+1}) [B, 2, C, H, W], from the cache when there is one."""
         if self.feats is None:
-            return encode_window(encoder, self.windows(idx, device))
-        return self.feats[torch.from_numpy(idx[:, None] + np.arange(2)).to(self.feats.device)].to(device)
+            return encode_window(encoder, self.windows(idx, device, frames))
+        return self.feats[torch.from_numpy(idx[:, None] + np.arange(frames)).to(self.feats.device)].to(device)
 
     @torch.no_grad()
     def cache_features(self, encoder, device, max_gb):
@@ -970,7 +970,7 @@ if __name__ == "__main__":
         wall["ssl"] = time.time() - t
     encoder.requires_grad_(False)  # f is frozen from here on (random and frozen with --no-ssl-encoder)
     if stages_done < 1 and args.feature_norm:  # f's output statistics on the videos (part of f from here on)
-        sample = encode_window(encoder, offline_videos.windows(offline_videos.sample(2048, rng), device))[:, 0]
+        sample = encode_window(encoder, offline_videos.windows(offline_videos.sample(2048, rng), device, frames=1))[:, 0]
         encoder.feat_mean.copy_(sample.mean(0))
         encoder.feat_std.copy_(sample.std(0) + 1e-2)
     if stages_done < 1 and args.save_model:
@@ -986,7 +986,7 @@ if __name__ == "__main__":
         optimizer = torch.optim.AdamW(list(policy.trunk.parameters()) + list(decoder.parameters()), lr=args.bc_lr)
         for step in (pbar := trange(args.bc_steps + len(round_ends) * args.online_bc_updates, desc="control: true-action BC")):
             idx = own_videos.sample(args.bc_batch_size, rng)
-            feats_t = own_videos.window_features(idx, encoder, device)[:, 0]  # f(o_t)
+            feats_t = own_videos.window_features(idx, encoder, device, frames=1)[:, 0]  # f(o_t)
             loss = F.mse_loss(decoder(policy.from_features(feats_t)), torch.from_numpy(own_videos.ta[idx]).to(device))
             optimizer.zero_grad()
             loss.backward()
