@@ -76,6 +76,21 @@ Environment variables:
   OUT       run folders (default runs_all/<scale>)
   RESULTS   tables and plots (default results/<scale>)
   PYTHON    python interpreter (default python)
+  SLURM     1: submit to SLURM instead of running here (meant for full; see "On a SLURM cluster" below)
+
+On a SLURM cluster (SLURM=1 bash run_all.sh full [task ...]): nothing runs on the submitting node. It submits with
+sbatch (\$SBATCH, default sbatch): an array for the missing expert videos (one element per task), one array per
+variant with one element per (task, seed) (the elements of no_finetune and true_action_bc wait, with
+--dependency=aftercorr, for the bcvlr element of the same index, whose offline.pt they start from), and a job that
+writes the tables once the arrays end. Elements whose variant is done (as in step 2) are not submitted (bcvlr's are,
+for the index match, and exit at once), and a done variant is skipped at run time too, so re-submitting the same
+command continues a sweep. Batch scripts, lists and
+logs: \$OUT/slurm/. sbatch options from the environment:
+  SLURM_PARTITION, SLURM_ACCOUNT (unset: the cluster's defaults)
+  SLURM_TIME (24:00:00), SLURM_GPUS (1; 0 = none), SLURM_CPUS (8; also each run's threads), SLURM_MEM (unset)
+  SLURM_EXPERT_TIME (06:00:00), SLURM_EXPERT_CPUS (4)   for the expert-video array (no GPU)
+  SLURM_MAX_PARALLEL (unset: no limit) at most this many elements of an array at once (--array=...%N)
+  SLURM_EXTRA        any other sbatch options, e.g. "--qos=high --constraint=h100"
 
 Steps:
   1. Expert videos: for every task without \$DATA_DIR/<task>/info.json, run
@@ -263,10 +278,151 @@ skip_task_runs() {  # <task> <reason>: mark every unfinished variant of a task a
 }
 
 # ---------------------------------------------------------------------------------------------------------------
+# SLURM=1: submit the runs as SLURM job arrays instead of running them here (usage: "SLURM=1")
+# ---------------------------------------------------------------------------------------------------------------
+array_spec() {  # <index ...> -> "0,2-5,7" (+ "%N" with SLURM_MAX_PARALLEL)
+    local spec="" start="" prev="" i
+    for i in "$@"; do
+        if [ -n "$prev" ] && [ "$i" -eq $((prev + 1)) ]; then prev="$i"; continue; fi
+        [ -n "$start" ] && spec="$spec,$start$([ "$prev" != "$start" ] && echo "-$prev")"
+        start="$i"; prev="$i"
+    done
+    [ -n "$start" ] && spec="$spec,$start$([ "$prev" != "$start" ] && echo "-$prev")"
+    echo "${spec#,}${SLURM_MAX_PARALLEL:+%$SLURM_MAX_PARALLEL}"
+}
+
+slurm_script() {  # <file> <internal entry and args...>: a batch script that re-enters this file with the same settings
+    local file="$1" v; shift
+    {
+        echo "#!/usr/bin/env bash"
+        echo "# written by run_all.sh (SLURM=1); element i of the array reads line i+1 of its list file"
+        for v in DATA_DIR OUT RESULTS SEEDS VARIANTS PYTHON CPU_PROCGEN_FLAGS CPU_CONT_FLAGS_DMC CPU_CONT_FLAGS_MW \
+                 CPU_EXPERT_PROCGEN CPU_EXPERT_DMC CPU_EXPERT_MW FULL_PROCGEN_FLAGS FULL_CONT_FLAGS_DMC FULL_CONT_FLAGS_MW \
+                 FULL_EXPERT_PROCGEN FULL_EXPERT_DMC FULL_EXPERT_MW; do
+            printf 'export %s=%q\n' "$v" "${!v}"
+        done
+        echo 'export OMP_NUM_THREADS="${THREADS:-${SLURM_CPUS_PER_TASK:-1}}" MKL_NUM_THREADS="${THREADS:-${SLURM_CPUS_PER_TASK:-1}}"'
+        printf 'exec bash %q' "$REPO/run_all.sh"; printf ' %q' "$@"; echo
+    } > "$file"
+    chmod +x "$file"
+}
+
+slurm_line() {  # <list file>: the line of this array element (SLURM_ARRAY_TASK_ID, 0-based)
+    [ -n "${SLURM_ARRAY_TASK_ID:-}" ] || { echo "run_all.sh: SLURM_ARRAY_TASK_ID is not set" >&2; exit 2; }
+    sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" "$1"
+}
+
+run_element() {  # <scale> <variant> <task> <seed>: one array element = one variant of one task and seed
+    local scale="$1" variant="$2" task="$3" seed="$4" suite script res ckpt
+    suite="$(suite_of "$task")"
+    script="$REPO/bcvlr.py"; [ "$suite" != procgen ] && script="$REPO/bcvlr_continuous.py"
+    local flags=()
+    read -r -a flags <<< "$(flags_for "$scale" "$suite" learner)"
+    local base=("$PYTHON" "$script" --env-id "$task" --seed "$seed" --video-dir "$DATA_DIR/{env_id}"
+                --num-threads "${OMP_NUM_THREADS:-0}" "${flags[@]}")
+    local dir="$OUT/$suite/$task/$variant/seed$seed" dir_b="$OUT/$suite/$task/bcvlr/seed$seed"
+    if variant_done "$dir"; then echo "$suite/$task seed$seed $variant: done before (skipped)"; return 0; fi
+    if [ "$variant" = bcvlr ]; then
+        run_and_report "$suite/$task seed$seed bcvlr" "$dir" "${base[@]}"
+        return $?
+    fi
+    local extra=(--no-finetune-latent-actions); [ "$variant" = true_action_bc ] && extra=(--true-action-bc)
+    res=""
+    variant_done "$dir_b" && res="$(complete_results "$dir_b")"
+    ckpt="${res%/results.json}/offline.pt"
+    if [ -z "$res" ] || [ ! -f "$ckpt" ]; then
+        mkdir -p "$dir"
+        rm -f "$dir/exit_code"
+        echo "the bcvlr variant did not finish, so there is no offline pre-training to share" > "$dir/skipped"
+        echo "$suite/$task seed$seed $variant: SKIPPED ($(cat "$dir/skipped"))"
+        return 1
+    fi
+    run_and_report "$suite/$task seed$seed $variant" "$dir" "${base[@]}" "${extra[@]}" --offline-checkpoint "$ckpt"
+}
+
+slurm_submit() {  # <scale> <task ...>: expert array, one array per variant (chained per element), aggregation job
+    local scale="$1"; shift
+    local dir="$OUT/slurm" sb="${SBATCH:-sbatch}" t s v i id line
+    mkdir -p "$dir/logs"
+    local common=(--parsable --output "$dir/logs/%x_%A_%a.out")
+    [ -n "${SLURM_PARTITION:-}" ] && common+=(--partition "$SLURM_PARTITION")
+    [ -n "${SLURM_ACCOUNT:-}" ] && common+=(--account "$SLURM_ACCOUNT")
+    local extra=(); read -r -a extra <<< "${SLURM_EXTRA:-}"
+    local run_opts=(--time "${SLURM_TIME:-24:00:00}" --cpus-per-task "${SLURM_CPUS:-8}")
+    [ "${SLURM_GPUS:-1}" != 0 ] && run_opts+=(--gpus "${SLURM_GPUS:-1}")
+    [ -n "${SLURM_MEM:-}" ] && run_opts+=(--mem "$SLURM_MEM")
+    local expert_opts=(--time "${SLURM_EXPERT_TIME:-06:00:00}" --cpus-per-task "${SLURM_EXPERT_CPUS:-4}")
+    local all_ids=() dep=()
+
+    # expert videos: one element per task without $DATA_DIR/<task>/info.json
+    : > "$dir/experts.txt"
+    for t in "$@"; do [ -f "$DATA_DIR/$t/info.json" ] || echo "$t" >> "$dir/experts.txt"; done
+    local n_exp; n_exp=$(wc -l < "$dir/experts.txt")
+    if [ "$n_exp" -gt 0 ]; then
+        slurm_script "$dir/experts.sbatch" __slurm_expert "$scale" "$dir/experts.txt"
+        id="$("$sb" "${common[@]}" "${expert_opts[@]}" "${extra[@]}" --job-name "bcvlr-$scale-experts" \
+               --array "$(array_spec $(seq 0 $((n_exp - 1))))" "$dir/experts.sbatch")" || die "sbatch failed (experts)"
+        id="${id%%;*}"; all_ids+=("$id"); dep=(--dependency "afterany:$id")
+        echo "submitted job $id: expert videos, $n_exp element(s): $(tr '\n' ' ' < "$dir/experts.txt")"
+    fi
+
+    # runs: line i of pairs.txt = one (task, seed) with something left to do; array <variant> has element i when that
+    # variant of pair i is not done. bcvlr has every pair (a done one exits at once), so that the other variants can
+    # wait on the bcvlr element of the same index (aftercorr): they start from its offline.pt.
+    : > "$dir/pairs.txt"
+    for t in "$@"; do
+        for s in $SEEDS; do
+            for v in bcvlr $VARIANTS; do
+                if ! variant_done "$OUT/$(suite_of "$t")/$t/$v/seed$s"; then echo "$t $s" >> "$dir/pairs.txt"; break; fi
+            done
+        done
+    done
+    local n_pairs; n_pairs=$(wc -l < "$dir/pairs.txt")
+    local total=0 bcvlr_id=""
+    for v in bcvlr $VARIANTS; do
+        [ "$v" = bcvlr ] && [ -n "$bcvlr_id" ] && continue
+        local idx=()
+        i=0
+        while read -r t s; do
+            if [ "$v" = bcvlr ] || ! variant_done "$OUT/$(suite_of "$t")/$t/$v/seed$s"; then idx+=("$i"); fi
+            i=$((i + 1))
+        done < "$dir/pairs.txt"
+        [ "${#idx[@]}" -gt 0 ] || continue
+        slurm_script "$dir/$v.sbatch" __slurm_run "$scale" "$v" "$dir/pairs.txt"
+        local vdep=("${dep[@]}")
+        [ "$v" != bcvlr ] && vdep=(--dependency "aftercorr:$bcvlr_id" --kill-on-invalid-dep=yes)
+        id="$("$sb" "${common[@]}" "${run_opts[@]}" "${extra[@]}" "${vdep[@]}" --job-name "bcvlr-$scale-$v" \
+               --array "$(array_spec "${idx[@]}")" "$dir/$v.sbatch")" || die "sbatch failed ($v)"
+        id="${id%%;*}"; all_ids+=("$id"); total=$((total + ${#idx[@]}))
+        [ "$v" = bcvlr ] && bcvlr_id="$id"
+        echo "submitted job $id: variant $v, ${#idx[@]} element(s) (task x seed; lines of $dir/pairs.txt)"
+    done
+
+    # tables and plots once every array has ended
+    if [ "${#all_ids[@]}" -gt 0 ]; then
+        local ids; ids="$(IFS=:; echo "${all_ids[*]}")"
+        slurm_script "$dir/aggregate.sbatch" __slurm_aggregate "$scale" "$@"
+        id="$("$sb" --parsable --output "$dir/logs/%x_%j.out" "${common[@]:3}" --time 00:30:00 --cpus-per-task 1 \
+               "${extra[@]}" --dependency "afterany:$ids" --job-name "bcvlr-$scale-aggregate" "$dir/aggregate.sbatch")" \
+            || die "sbatch failed (aggregate)"
+        echo "submitted job ${id%%;*}: tables and plots into $RESULTS after the arrays end"
+    fi
+    echo "run_all.sh $scale (SLURM): $total run element(s) for $n_pairs (task, seed) pair(s), variants: bcvlr $VARIANTS;" \
+         "logs in $dir/logs; re-submit the same command to continue (finished runs are skipped)"
+}
+
+# ---------------------------------------------------------------------------------------------------------------
 # internal entry points for xargs (same script, same environment)
 # ---------------------------------------------------------------------------------------------------------------
 if [ "${1:-}" = "__expert" ]; then expert_job "$2" "$3"; exit $?; fi
 if [ "${1:-}" = "__job" ]; then run_job "$2" "$3" "$4"; exit $?; fi
+if [ "${1:-}" = "__slurm_expert" ]; then expert_job "$2" "$(slurm_line "$3")"; exit $?; fi
+if [ "${1:-}" = "__slurm_run" ]; then read -r _t _s <<< "$(slurm_line "$4")"; run_element "$2" "$3" "$_t" "$_s"; exit $?; fi
+if [ "${1:-}" = "__slurm_aggregate" ]; then
+    s="$2"; shift 2
+    "$PYTHON" "$REPO/scripts/aggregate.py" "$OUT" --scale "$s" --seeds $SEEDS --tasks "$@" --data-dir "$DATA_DIR" --out "$RESULTS"
+    exit $?
+fi
 
 # ---------------------------------------------------------------------------------------------------------------
 # main
@@ -311,6 +467,12 @@ threads="${THREADS:-$(( $(nproc) / WORKERS ))}"; [ "$threads" -lt 1 ] && threads
 export OMP_NUM_THREADS="$threads" MKL_NUM_THREADS="$threads"
 export DATA_DIR OUT SEEDS PYTHON
 trap 'echo "run_all.sh: interrupted; re-run the same command to continue (finished runs are kept)" >&2; exit 130' INT TERM
+
+export RESULTS VARIANTS
+if [ -n "${SLURM:-}" ] && [ "$SLURM" != 0 ]; then  # submit job arrays instead of running here (usage: SLURM=1)
+    slurm_submit "$SCALE" "${TASKS[@]}"
+    exit $?
+fi
 
 echo "run_all.sh $SCALE: ${#TASKS[@]} task(s): ${TASKS[*]}"
 echo "  seeds: $SEEDS; workers: $WORKERS (OMP_NUM_THREADS=$threads); videos: $DATA_DIR; runs: $OUT; results: $RESULTS"

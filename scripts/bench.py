@@ -67,6 +67,8 @@ class Args:
     """synthetic frames actually allocated (samples are drawn from these)"""
     env_steps: int = 512
     """env steps to time (vector steps x envs for Procgen, agent steps for continuous); 0 skips the env rows"""
+    channels_last: bool = False
+    """experiment (not what the learners do today): every network in torch.channels_last memory format"""
     seed: int = 1
     """torch / numpy seed"""
     out: Optional[str] = None
@@ -127,6 +129,7 @@ def bench_procgen(m, la, args, device):
     obs = torch.randint(0, 256, (n, 64, 64, 3), dtype=torch.uint8, generator=gen)  # [N, 64, 64, 3] like the videos
     done = np.zeros(n, dtype=bool)
     done[np.arange(99, n, 100)] = True  # episodes of 100 frames
+    done[-1] = True
     starts = torch.from_numpy(m.window_starts(done))
     encoder = m.Encoder(la.encoder_channels, la.feature_pool).to(device)
     idm = m.IDM(la).to(device)
@@ -134,6 +137,9 @@ def bench_procgen(m, la, args, device):
                       tanh=la.wm_tanh).to(device)
     policy = m.LatentPolicy(encoder, la).to(device)
     decoder = m.make_decoder(la.la_dim).to(device)
+    mf = torch.channels_last if args.channels_last else torch.contiguous_format
+    for net in (encoder, idm, wm, policy):
+        net.to(memory_format=mf)
     feat_shape = (la.encoder_channels, 64 // la.feature_pool, 64 // la.feature_pool)
     feat_numel = int(np.prod(feat_shape))
     video_frames = args.num_video_frames or 50_000
@@ -164,7 +170,7 @@ def bench_procgen(m, la, args, device):
     if "ssl" in args.updates:
         ssl_encoder = copy.deepcopy(encoder).requires_grad_(True)
         head = m.CURLHead((la.encoder_channels, 64, 64)).to(device)
-        recon = m.ReconDecoder(la.encoder_channels).to(device)
+        recon = m.ReconDecoder(la.encoder_channels).to(device, memory_format=mf)
         target_encoder, target_projector = copy.deepcopy(ssl_encoder), copy.deepcopy(head.projector)
         params = list(ssl_encoder.parameters()) + list(head.parameters()) + (list(recon.parameters()) if la.train_recon_decoder else [])
         ssl_opt, ssl_step = torch.optim.Adam(params, lr=la.ssl_lr), 0
@@ -287,7 +293,8 @@ def bench_continuous(m, la, args, device):
     n = max(args.bench_frames, 8)
     frames = rng.integers(0, 256, (n, 9, 64, 64), dtype=np.uint8)
     done = np.zeros(n, dtype=bool)
-    done[np.arange(99, n, 100)] = True
+    done[np.arange(99, n, 100)] = True  # episodes of 100 frames; the last frame ends one, as in the loaders
+    done[-1] = True
     videos = m.VideoData([dict(obs=frames, done=done, ta=None, ep_returns=None)])
     encoder = m.Encoder(9, la.encoder_channels, la.feature_pool).to(device)
     feat_shape = (la.encoder_channels, 32 // la.feature_pool, 32 // la.feature_pool)
@@ -297,6 +304,9 @@ def bench_continuous(m, la, args, device):
                       tanh=la.wm_tanh).to(device)
     policy = m.LatentPolicy(encoder, la, feat_dim).to(device)
     decoder = m.make_decoder(la.la_dim, act_dim).to(device)
+    mf = torch.channels_last if args.channels_last else torch.contiguous_format
+    for net in (encoder, idm, wm, policy):
+        net.to(memory_format=mf)
     video_frames = args.num_video_frames or (50_000 if metaworld_task else 100_000)
     cached = uses_cache(la, video_frames, feat_dim)
     capacity = min(la.buffer_size, 2 * (la.total_timesteps // la.action_repeat) + 2)
@@ -458,13 +468,14 @@ def main(argv=None):
     cpu_model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                      platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
     result = dict(
-        file=args.file, env_id=la.env_id, scale=args.scale, overrides=list(args.set), device=str(device),
+        file=args.file, env_id=la.env_id, scale=args.scale, overrides=list(args.set), channels_last=args.channels_last,
+        device=str(device),
         device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model,
         cpu_count=os.cpu_count(), threads=torch.get_num_threads(), torch=torch.__version__, numpy=np.__version__,
         python=platform.python_version(), warmup=args.warmup, iters=args.iters, updates=rows, env=env_rows,
         bench_seconds=time.time() - t0, **info,
     )
-    print(f"{args.file} --scale {args.scale} {' '.join(args.set)} on {result['device_name']} ({device}, "
+    print(f"{args.file} --scale {args.scale} {' '.join(args.set)}{' channels_last' if args.channels_last else ''} on {result['device_name']} ({device}, "
           f"{result['threads']} threads), torch {torch.__version__}; median of {args.iters} after {args.warmup} warm-up; "
           f"feature shape {info['feature_shape']}, video cache {info['video_cache']} "
           f"(assuming {info['video_frames_assumed']} frames), feature replay {info['feature_replay']}")
