@@ -28,13 +28,14 @@ ABLATION="${ABLATION:-1}"
 T0=$(date +%s)
 mkdir -p "$OUT_DIR"
 OUT_DIR="$(cd "$OUT_DIR" && pwd)"
-NPROC=$(nproc)
+NPROC=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # nproc alone honours OMP_NUM_THREADS
 if [ "$TINY" = 1 ]; then
     TIME_BUDGET="${TIME_BUDGET:-300}"; EXPERT_SECONDS="${EXPERT_SECONDS:-60}"; EXPERT_FRAMES="${EXPERT_FRAMES:-300}"
     EXPERT_PROCS="${EXPERT_PROCS:-1}"
     EXPERT_FLAGS=(--num-envs 2 --num-candidates 16 --horizon 8 --chunk-size 100)
     BENCH_FLAGS=(--device cpu --scale cpu --set encoder_channels=4 impala_scale=1 wm_scale=4 --batch-size 4 --warmup 0
-                 --iters 1 --env-steps 64 --bench-frames 256)
+                 --iters 1 --bench-frames 256)
+    BENCH_ENV_STEPS=(64 64)  # bcvlr (env steps over 64 envs), bcvlr_continuous (rendered agent steps)
     # tiny networks and budgets; TINY_BASE = the budgets the fraction scales (the paper's in a real run)
     LEARNER_FLAGS=(--scale cpu --encoder-channels 4 --impala-scale 1 --wm-scale 4 --ssl-batch-size 8 --lam-batch-size 8
                    --bc-batch-size 8 --ft-batch-size 8 --num-envs 4 --num-steps 16 --warmup-steps 16 --total-timesteps 256
@@ -45,7 +46,8 @@ else
     TIME_BUDGET="${TIME_BUDGET:-570}"; EXPERT_SECONDS="${EXPERT_SECONDS:-180}"; EXPERT_FRAMES="${EXPERT_FRAMES:-50000}"
     EXPERT_PROCS="${EXPERT_PROCS:-$(( NPROC / 4 > 0 ? NPROC / 4 : 1 ))}"
     EXPERT_FLAGS=(--chunk-size 2500)
-    BENCH_FLAGS=(--device cuda --scale paper --threads 0 --warmup 5 --iters 20 --env-steps 4096)
+    BENCH_FLAGS=(--device cuda --scale paper --threads 0 --warmup 5 --iters 20)
+    BENCH_ENV_STEPS=(4096 200)
     LEARNER_FLAGS=()
     BASE=""  # the learner's defaults (the paper's)
     DEVICE=cuda
@@ -107,7 +109,7 @@ log "expert videos done"
 
 # ---- 2. bench at the paper's shapes ----
 for f in bcvlr bcvlr_continuous; do
-    extra=(); [ "$f" = bcvlr ] && extra=(--env-id "$GAME")
+    extra=(--env-steps "${BENCH_ENV_STEPS[1]}"); [ "$f" = bcvlr ] && extra=(--env-id "$GAME" --env-steps "${BENCH_ENV_STEPS[0]}")
     if (cd "$REPO" && "$PYTHON" scripts/bench.py --file "$f" "${extra[@]}" "${BENCH_FLAGS[@]}" --out "$OUT_DIR/bench_$f.json") \
         >> "$OUT_DIR/gpu_check.log" 2>&1; then
         log "bench $f: $OUT_DIR/bench_$f.json"
