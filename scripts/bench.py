@@ -1,4 +1,4 @@
-# docs: README.md ("Throughput: scripts/bench.py")
+# docs: README.md, "Throughput, an offline GPU node and a SLURM cluster (issue 13)"
 """Throughput of BCV-LR's updates: ms per sample of each update type, and env steps per second.
 
 Times exactly the calls the runs make (the networks, losses, optimizers and data paths of bcvlr.py /
