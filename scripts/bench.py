@@ -90,7 +90,12 @@ def load_learner(args):
         if key not in fields:
             raise SystemExit(f"error: --set {kv}: {args.file}.Args has no field '{key}'")
         cur = getattr(la, key)
-        setattr(la, key, value.lower() in ("1", "true", "yes") if isinstance(cur, bool) else type(cur)(value) if cur is not None else float(value))
+        if isinstance(cur, bool):
+            setattr(la, key, value.lower() in ("1", "true", "yes"))
+        elif cur is None:  # Optional fields: an int when it reads as one
+            setattr(la, key, int(value) if value.lstrip("-").isdigit() else float(value))
+        else:
+            setattr(la, key, type(cur)(value))
     la.la_dim = la.vq_num_codebooks * la.vq_num_latents * la.vq_dim
     la.cuda = args.device.startswith("cuda")
     return m, la
