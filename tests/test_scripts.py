@@ -65,3 +65,11 @@ def test_idm_check_loads_an_offline_checkpoint_of_the_cpu_scale(tmp_path):
     res = _idm_check(env_id="reacher_easy", transitions=300, updates=1, eval_every=1, batch_size=16,
                      offline_checkpoint=str(tmp_path / "offline.pt"))
     assert res["metric"] == "MSE" and [c["update"] for c in res["curve"]] == [0, 1]
+
+
+def test_idm_check_reference_cnn_trains_a_pixel_cnn_in_both_suites():
+    for env_id, extra in (("coinrun", dict(transitions=320, num_envs=8)), ("reacher_easy", dict(transitions=200))):
+        res = _idm_check(env_id=env_id, updates=4, eval_every=2, batch_size=16, reference_cnn=True, **extra)
+        assert [c["update"] for c in res["curve"]] == [0, 2, 4]
+        assert all(np.isfinite(c["loss"]) for c in res["curve"])
+        assert res["curve"][-1]["train_loss"] > 0
