@@ -213,14 +213,18 @@ run_and_report() {  # <name> <dir> <learner cmd...>: runs one variant, prints it
     return 1
 }
 
-run_job() {  # <scale> <task> <seed>
-    local scale="$1" task="$2" seed="$3" suite script start status="" failed=0
-    suite="$(suite_of "$task")"
+learner_base() {  # <scale> <task> <seed>: sets the caller's `suite` and `base` (the learner command of that run)
+    local script flags=()
+    suite="$(suite_of "$2")"
     script="$REPO/bcvlr.py"; [ "$suite" != procgen ] && script="$REPO/bcvlr_continuous.py"
-    local flags=()
-    read -r -a flags <<< "$(flags_for "$scale" "$suite" learner)"
-    local base=("$PYTHON" "$script" --env-id "$task" --seed "$seed" --video-dir "$DATA_DIR/{env_id}"
-                --num-threads "${OMP_NUM_THREADS:-0}" "${flags[@]}")
+    read -r -a flags <<< "$(flags_for "$1" "$suite" learner)"
+    base=("$PYTHON" "$script" --env-id "$2" --seed "$3" --video-dir "$DATA_DIR/{env_id}"
+          --num-threads "${OMP_NUM_THREADS:-0}" "${flags[@]}")
+}
+
+run_job() {  # <scale> <task> <seed>
+    local scale="$1" task="$2" seed="$3" suite base=() start status="" failed=0
+    learner_base "$scale" "$task" "$seed"
     local dir_b="$OUT/$suite/$task/bcvlr/seed$seed"
     echo "[start] $suite/$task seed$seed"
     start=$SECONDS
@@ -313,13 +317,8 @@ slurm_line() {  # <list file>: the line of this array element (SLURM_ARRAY_TASK_
 }
 
 run_element() {  # <scale> <variant> <task> <seed>: one array element = one variant of one task and seed
-    local scale="$1" variant="$2" task="$3" seed="$4" suite script res ckpt
-    suite="$(suite_of "$task")"
-    script="$REPO/bcvlr.py"; [ "$suite" != procgen ] && script="$REPO/bcvlr_continuous.py"
-    local flags=()
-    read -r -a flags <<< "$(flags_for "$scale" "$suite" learner)"
-    local base=("$PYTHON" "$script" --env-id "$task" --seed "$seed" --video-dir "$DATA_DIR/{env_id}"
-                --num-threads "${OMP_NUM_THREADS:-0}" "${flags[@]}")
+    local scale="$1" variant="$2" task="$3" seed="$4" suite base=() res ckpt
+    learner_base "$scale" "$task" "$seed"
     local dir="$OUT/$suite/$task/$variant/seed$seed" dir_b="$OUT/$suite/$task/bcvlr/seed$seed"
     if variant_done "$dir"; then echo "$suite/$task seed$seed $variant: done before (skipped)"; return 0; fi
     if [ "$variant" = bcvlr ]; then

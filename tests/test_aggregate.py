@@ -286,14 +286,20 @@ esac
 '''
 
 
-def test_run_all_pipeline_with_fake_learner(tmp_path):
-    """run_all.sh end to end with a stand-in learner: folders, shared offline.pt, failure, skip and re-run."""
+def make_fake_python(tmp_path):
+    """A `python` stand-in for run_all.sh (PYTHON=...): the learners and experts become FAKE_LEARNER / FAKE_EXPERT."""
     (tmp_path / "fake_learner.py").write_text(FAKE_LEARNER)
     (tmp_path / "fake_expert.py").write_text(FAKE_EXPERT)
     fake_python = tmp_path / "python"
     fake_python.write_text(FAKE_PYTHON.format(py=sys.executable, learner=tmp_path / "fake_learner.py",
                                               expert=tmp_path / "fake_expert.py"))
     fake_python.chmod(0o755)
+    return fake_python
+
+
+def test_run_all_pipeline_with_fake_learner(tmp_path):
+    """run_all.sh end to end with a stand-in learner: folders, shared offline.pt, failure, skip and re-run."""
+    fake_python = make_fake_python(tmp_path)
     data = tmp_path / "data"
     write_info(str(data), "bigfish", random_return_mean=0.5, ep_return_mean=30.0)
     write_info(str(data), "reacher_easy", random_return_mean=5.0, ep_return_mean=900.0)

@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from test_aggregate import FAKE_EXPERT, FAKE_LEARNER, FAKE_PYTHON, write_info  # noqa: E402
+from test_aggregate import make_fake_python, write_info  # noqa: E402
 
 TINY_BENCH = ["--scale", "cpu", "--set", "encoder_channels=4", "impala_scale=1", "wm_scale=4", "--batch-size", "4",
               "--warmup", "1", "--iters", "2", "--bench-frames", "256", "--threads", "1"]
@@ -129,12 +129,7 @@ def test_run_all_slurm_array_with_fake_sbatch(tmp_path):
     sub_dir.mkdir()
     (bin_dir / "sbatch").write_text(FAKE_SBATCH)
     (bin_dir / "sbatch").chmod(0o755)
-    (tmp_path / "fake_learner.py").write_text(FAKE_LEARNER)
-    (tmp_path / "fake_expert.py").write_text(FAKE_EXPERT)
-    fake_python = tmp_path / "python"
-    fake_python.write_text(FAKE_PYTHON.format(py=sys.executable, learner=tmp_path / "fake_learner.py",
-                                              expert=tmp_path / "fake_expert.py"))
-    fake_python.chmod(0o755)
+    fake_python = make_fake_python(tmp_path)
     data = tmp_path / "data"
     write_info(str(data), "bigfish", random_return_mean=0.5, ep_return_mean=30.0)
     write_info(str(data), "reacher_easy", random_return_mean=5.0, ep_return_mean=900.0)
