@@ -165,17 +165,16 @@ def main(args):
             return d(p.latent_action(cont.encode_window(f, torch.from_numpy(data[idx]))))
 
         loss_fn = lambda out, y: F.mse_loss(out, torch.from_numpy(y))  # noqa: E731
-    if args.reference_cnn:  # replaces d(p(f(.))) by one CNN on raw pixels, trained at --decoder-lr
-        p, pixels = reference_cnn(6 if discrete else 18, bcvlr.NUM_ACTIONS if discrete else acts.shape[1]), data
-        d = torch.nn.Identity()
+    if args.reference_cnn:  # d(p(f(.))) -> d(pixels): d is the plain CNN (trained at --decoder-lr), f and p unused
+        d = reference_cnn(6 if discrete else 18, bcvlr.NUM_ACTIONS if discrete else acts.shape[1])
 
         def predict(idx):  # Procgen: frames t, t+1 of the window; continuous: both 9-channel stacks
-            x = torch.from_numpy(pixels[idx][:, 1:] if discrete else pixels[idx])
+            x = torch.from_numpy(data[idx][:, 1:] if discrete else data[idx])
             x = x.permute(0, 1, 4, 2, 3) if discrete else x
-            return p(x.flatten(1, 2).float() / 255.0 - 0.5)
+            return d(x.flatten(1, 2).float() / 255.0 - 0.5)
 
     f.requires_grad_(False)
-    p.requires_grad_(args.idm_lr > 0 or args.reference_cnn)  # a frozen p (no-finetune ablation) needs no backward pass of its own
+    p.requires_grad_(args.idm_lr > 0)  # a frozen p (no-finetune ablation) needs no backward pass of its own
     n_val = max(int(len(data) * args.val_fraction), 1)
     if len(data) - n_val < args.batch_size:
         raise SystemExit(f"error: only {len(data)} transitions collected; raise --transitions or lower --batch-size")
@@ -185,7 +184,7 @@ def main(args):
         chance = float(-np.log(marginal[acts[val]]).mean())
     else:  # chance = MSE of predicting the training actions' mean
         chance = float(((acts[val] - acts[train].mean(0)) ** 2).mean())
-    groups = [{"params": (p if args.reference_cnn else d).parameters(), "lr": args.decoder_lr}]
+    groups = [{"params": d.parameters(), "lr": args.decoder_lr}]
     if args.idm_lr > 0 and not args.reference_cnn:
         groups.append({"params": p.parameters(), "lr": args.idm_lr})
     optimizer = torch.optim.Adam(groups)
@@ -197,7 +196,7 @@ def main(args):
         p.eval()
         with torch.no_grad():
             out = torch.cat([predict(b) for b in np.array_split(val, max(len(val) // 256, 1))])
-        p.train(args.idm_lr > 0 or args.reference_cnn)  # VQ EMA updates as in fine-tuning; a frozen p stays in eval mode
+        p.train(args.idm_lr > 0)  # VQ EMA updates as in fine-tuning; a frozen p stays in eval mode
         res = {"loss": loss_fn(out, acts[val]).item()}
         if discrete:
             res["accuracy"] = (out.argmax(-1).numpy() == acts[val]).mean().item()
