@@ -56,6 +56,15 @@ class Args:
     """if toggled, `torch.backends.cudnn.deterministic=True`"""
     cuda: bool = True
     """if toggled, cuda will be used when available"""
+    tf32: bool = True
+    """TF32 matmuls and convolutions on CUDA (Ampere or newer: 10-bit-mantissa products, fp32 accumulation);
+    --no-tf32 for full fp32. No effect on CPU"""
+    bf16: bool = False
+    """bfloat16 autocast of the forward pass of every update on CUDA (weights, optimizer state and the losses' reductions
+    stay fp32; the VQ's nearest-code search then runs on bf16 distances). No effect on CPU"""
+    channels_last: bool = True
+    """channels_last memory format for the conv networks on CUDA (tensor-core NHWC kernels): the same function, another
+    summation order. No effect on CPU (there it measured 1.0-1.4x per update, README "Throughput")"""
     track: bool = False
     """if toggled, this experiment will be tracked with Weights and Biases"""
     wandb_project_name: str = "bcvlr"
@@ -89,6 +98,9 @@ class Args:
     """use only the first N video frames per game (0 = all; the amount-of-video ablation, poster Figure 5)"""
     max_video_memory_gb: float = 8.0
     """memory cap for the video frames held in RAM (LAPO's full dataset is ~32 GB); extra chunks are skipped"""
+    videos_on_gpu: bool = True
+    """on CUDA, keep the video frames, their window starts and true actions in GPU memory (at most
+    --max-video-memory-gb): batches are sampled and gathered on the GPU, with no host-to-device copy per update"""
     offline_checkpoint: Optional[str] = None
     """path to an `offline.pt`: resume or skip the offline stages it already holds (reuse one pre-training)"""
     eval_episodes: int = 32
@@ -371,12 +383,13 @@ def window_starts(done, window=3):
 
 def windows_at(obs, idx, device, window=3):
     """uint8 frames [N, 64, 64, 3] and start indices [B] -> normalised windows [B, window, 3, 64, 64] on `device`."""
-    frames = obs[idx[:, None] + torch.arange(window)]  # [B, T, 64, 64, 3]
+    frames = obs[idx[:, None] + torch.arange(window, device=idx.device)]  # [B, T, 64, 64, 3]
     return normalize(frames.to(device).permute(0, 1, 4, 2, 3))  # [B, T, 3, 64, 64]
 
 
 def sample_starts(starts, batch_size, generator=None):
-    return starts[torch.randint(len(starts), (batch_size,), generator=generator)]
+    """batch_size window starts drawn uniformly, on the device of `starts` (a CPU generator draws on the CPU)"""
+    return starts[torch.randint(len(starts), (batch_size,), generator=generator, device="cpu" if generator is not None else starts.device)]
 
 
 def sample_windows(obs, starts, batch_size, device, generator=None):
@@ -387,7 +400,7 @@ def window_features(encoder, obs, idx, device, cache=None, window=3):
     """window starts [B] -> f-features of (o_{t-1}, o_t, o_{t+1}) [B, 3, C, H, W], from the cache when there is one."""
     if cache is None:
         return encode_window(encoder, windows_at(obs, idx, device, window))
-    return cache[idx[:, None] + torch.arange(window)].to(device)
+    return cache[idx[:, None] + torch.arange(window, device=idx.device)].to(device)
 
 
 @torch.no_grad()
@@ -798,10 +811,16 @@ if __name__ == "__main__":
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.backends.cudnn.benchmark = not args.torch_deterministic  # autotuned (non-deterministic) conv algorithms
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
     if args.num_threads > 0:
         torch.set_num_threads(args.num_threads)
     print(f"torch threads: {torch.get_num_threads()}; scale: {args.scale}")
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    memory_format = torch.channels_last if args.channels_last and device.type == "cuda" else torch.contiguous_format
+
+    def amp():  # --bf16: autocast of an update's forward pass and loss (backward and optimizer step outside it)
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16 and device.type == "cuda")
 
     # expert videos: the only supervision. `ta` is read for diagnostics only and never reaches a loss.
     video_env_ids = args.video_env_ids or (args.env_id,)
@@ -832,6 +851,9 @@ if __name__ == "__main__":
             raise DataError("--true-action-bc and --labelled-video-transitions are two different controls; pick one")
     except DataError as e:
         raise SystemExit(f"error: {e}")
+    if args.videos_on_gpu and device.type == "cuda":  # gathered on the GPU from here on (see --videos-on-gpu)
+        obs, starts = obs.to(device), starts.to(device)
+        true_actions = true_actions.to(device) if true_actions is not None else None
     print(f"videos: {len(obs)} frames, {len(starts)} windows from {', '.join(video_env_ids)}; "
           f"demonstrator return {video_return}; true actions for diagnostics: {true_actions is not None}")
 
@@ -865,6 +887,8 @@ if __name__ == "__main__":
     if stages_done >= 3 and not args.true_action_bc:  # the ceiling clones from scratch, on the checkpoint's f
         policy.load_state_dict(ckpt["policy"])
     decoder = make_decoder(args.la_dim).to(device)
+    for net in (encoder, idm, wm, policy):
+        net.to(memory_format=memory_format)
     for name, net in [("encoder f", encoder), ("IDM p", idm), ("world model w", wm), ("policy pi", policy.trunk),
                       ("decoder d", decoder)]:
         print(f"{name}: {sum(p.numel() for p in net.parameters()) / 1e6:.2f}M parameters")
@@ -877,7 +901,7 @@ if __name__ == "__main__":
     if stages_done < 1 and args.ssl_encoder:
         t = time.time()
         head = CURLHead((args.encoder_channels, 64, 64)).to(device)  # on f's maps
-        recon = ReconDecoder(args.encoder_channels).to(device)
+        recon = ReconDecoder(args.encoder_channels).to(device, memory_format=memory_format)
         target_encoder, target_projector = copy.deepcopy(encoder), copy.deepcopy(head.projector)  # EMA targets
         params = list(encoder.parameters()) + list(head.parameters())
         if args.train_recon_decoder:
@@ -886,11 +910,12 @@ if __name__ == "__main__":
         for step in (pbar := trange(args.ssl_steps, desc="stage 1: encoder SSL (CURL + recon)")):
             o = sample_windows(obs, starts, args.ssl_batch_size, device)[:, 0]  # frame 0 of each window
             x1, x2 = random_shift(o, 1, args.bilinear_shift), random_shift(o, 1, args.bilinear_shift)  # two shifts of o
-            feats = encoder.maps(x1)
-            with torch.no_grad():
-                target_feats = target_encoder.maps(x2)
-            l_c, l_rec = curl_loss(head, target_projector, feats, target_feats), recon_loss(recon, feats, x1)
-            loss = l_c + args.ssl_recon_coef * l_rec
+            with amp():
+                feats = encoder.maps(x1)
+                with torch.no_grad():
+                    target_feats = target_encoder.maps(x2)
+                l_c, l_rec = curl_loss(head, target_projector, feats, target_feats), recon_loss(recon, feats, x1)
+                loss = l_c + args.ssl_recon_coef * l_rec
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -921,7 +946,8 @@ if __name__ == "__main__":
         for step in (pbar := trange(args.bc_steps + num_iterations * args.online_bc_updates, desc="control: true-action BC")):
             idx = sample_starts(starts, args.bc_batch_size)
             feats_t = window_features(encoder, obs, idx + 1, device, cache, window=1)[:, 0]  # f(o_t), a window's middle frame
-            loss = F.cross_entropy(decoder(policy.from_features(feats_t)), true_actions[idx + 1].to(device))
+            with amp():
+                loss = F.cross_entropy(decoder(policy.from_features(feats_t)), true_actions[idx + 1].to(device))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -937,7 +963,8 @@ if __name__ == "__main__":
         optimizer = torch.optim.AdamW(list(idm.parameters()) + list(wm.parameters()), lr=args.lam_lr)
         for step in (pbar := trange(args.lam_steps, desc="stage 2: latent action model")):
             feats = window_features(encoder, obs, sample_starts(starts, args.lam_batch_size), device, cache)
-            loss, _, perplexity = latent_dynamics_loss(idm, wm, feats)
+            with amp():
+                loss, _, perplexity = latent_dynamics_loss(idm, wm, feats)
             optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(list(idm.parameters()) + list(wm.parameters()), args.lam_grad_clip)
@@ -963,7 +990,8 @@ if __name__ == "__main__":
         t = time.time()
         bc_optimizer = torch.optim.AdamW(policy.trunk.parameters(), lr=args.bc_lr)
         for step in (pbar := trange(args.bc_steps, desc="stage 3: latent behaviour cloning")):
-            loss = bc_loss(policy, idm, window_features(encoder, obs, sample_starts(starts, args.bc_batch_size), device, cache))
+            with amp():
+                loss = bc_loss(policy, idm, window_features(encoder, obs, sample_starts(starts, args.bc_batch_size), device, cache))
             bc_optimizer.zero_grad()
             loss.backward()
             bc_optimizer.step()
@@ -997,8 +1025,8 @@ if __name__ == "__main__":
     if args.labelled_video_transitions:  # the rebuttal's offline variant: the replay holds N labelled video windows
         n_labelled = min(args.labelled_video_transitions, len(starts), args.buffer_size)
         buffer_obs[:n_labelled] = (window_features(encoder, obs, starts[:n_labelled], device, cache).cpu().numpy() if store_feats
-                                   else obs[starts[:n_labelled, None] + torch.arange(3)].numpy())
-        buffer_act[:n_labelled] = true_actions[starts[:n_labelled] + 1].numpy()
+                                   else obs[starts[:n_labelled, None] + torch.arange(3, device=starts.device)].cpu().numpy())
+        buffer_act[:n_labelled] = true_actions[starts[:n_labelled] + 1].cpu().numpy()
         buffer_pos, buffer_full = n_labelled % args.buffer_size, n_labelled == args.buffer_size
 
     # TRY NOT TO MODIFY: start the game
@@ -1056,8 +1084,9 @@ if __name__ == "__main__":
                 window = torch.from_numpy(buffer_obs[idx]).to(device)
                 feats = window if store_feats else encode_window(encoder, normalize(window.permute(0, 1, 4, 2, 3)))
                 acts = torch.from_numpy(buffer_act[idx]).to(device)
-                loss, action_loss, dyn = finetune_loss(idm, wm, decoder, feats, acts, args.ft_wm_coef,
-                                                       args.finetune_latent_actions)
+                with amp():
+                    loss, action_loss, dyn = finetune_loss(idm, wm, decoder, feats, acts, args.ft_wm_coef,
+                                                           args.finetune_latent_actions)
                 idm_optimizer.zero_grad()
                 decoder_optimizer.zero_grad()
                 loss.backward()
@@ -1073,12 +1102,13 @@ if __name__ == "__main__":
                 with torch.no_grad():
                     idx = starts[torch.randint(len(starts), (512,), generator=diag_generator)]
                     pred = decoder(idm.latent_action(window_features(encoder, obs, idx, device, cache)))
-                acc = (pred.argmax(-1).cpu() == true_actions[idx + 1]).float().mean().item()
+                acc = (pred.argmax(-1) == true_actions[idx + 1].to(pred.device)).float().mean().item()
                 writer.add_scalar("diagnostics/decoded_action_accuracy", acc, global_step)
 
             # (c) re-clone pi onto the (fine-tuned) latent actions of the videos
             for _ in range(args.online_bc_updates):
-                loss = bc_loss(policy, idm, window_features(encoder, obs, sample_starts(starts, args.bc_batch_size), device, cache))
+                with amp():
+                    loss = bc_loss(policy, idm, window_features(encoder, obs, sample_starts(starts, args.bc_batch_size), device, cache))
                 bc_optimizer.zero_grad()
                 loss.backward()
                 bc_optimizer.step()

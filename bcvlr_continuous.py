@@ -46,6 +46,15 @@ class Args:
     """if toggled, `torch.backends.cudnn.deterministic=False`"""
     cuda: bool = True
     """if toggled, cuda will be enabled by default"""
+    tf32: bool = True
+    """TF32 matmuls and convolutions on CUDA (Ampere or newer: 10-bit-mantissa products, fp32 accumulation);
+    --no-tf32 for full fp32. No effect on CPU"""
+    bf16: bool = False
+    """bfloat16 autocast of the forward pass of every update on CUDA (weights, optimizer state and the losses' reductions
+    stay fp32; the VQ's nearest-code search then runs on bf16 distances). No effect on CPU"""
+    channels_last: bool = True
+    """channels_last memory format for the conv networks on CUDA (tensor-core NHWC kernels): the same function, another
+    summation order. No effect on CPU (there it measured 1.0-1.4x per update, README "Throughput")"""
     track: bool = False
     """if toggled, this experiment will be tracked with Weights and Biases"""
     wandb_project_name: str = "bcvlr"
@@ -867,10 +876,16 @@ if __name__ == "__main__":
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.backends.cudnn.benchmark = not args.torch_deterministic  # autotuned (non-deterministic) conv algorithms
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
     if args.num_threads > 0:
         torch.set_num_threads(args.num_threads)
     print(f"torch threads: {torch.get_num_threads()}; scale: {args.scale}")
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    memory_format = torch.channels_last if args.channels_last and device.type == "cuda" else torch.contiguous_format
+
+    def amp():  # --bf16: autocast of an update's forward pass and loss (backward and optimizer step outside it)
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16 and device.type == "cuda")
     rng = np.random.default_rng(args.seed)  # training samples; diagnostics draw from their own generators
 
     # expert videos: the only supervision. `ta` is read for diagnostics only and never reaches a loss.
@@ -940,6 +955,8 @@ if __name__ == "__main__":
     if stages_done >= 3 and not args.true_action_bc:  # the ceiling clones from scratch, on the checkpoint's f
         policy.load_state_dict(ckpt["policy"])
     decoder = make_decoder(args.la_dim, act_dim).to(device)
+    for net in (encoder, idm, wm, policy):
+        net.to(memory_format=memory_format)
     for name, net in [("encoder f", encoder), ("IDM p", idm), ("world model w", wm), ("policy pi", policy.trunk),
                       ("decoder d", decoder)]:
         print(f"{name}: {sum(p.numel() for p in net.parameters()) / 1e6:.2f}M parameters")
@@ -955,8 +972,9 @@ if __name__ == "__main__":
         optimizer = torch.optim.Adam(ssl.online_parameters(), lr=args.ssl_lr)
         for step in (pbar := trange(args.ssl_steps, desc="stage 1: encoder SSL (Proto-RL across time)")):
             window = offline_videos.windows(offline_videos.sample(args.ssl_batch_size, rng), device)  # (o_t, o_{t+1})
-            loss = proto_temporal_loss(ssl, window, args.aug_pad, args.proto_temperature, args.sinkhorn_iters,
-                                       args.bilinear_shift)
+            with amp():
+                loss = proto_temporal_loss(ssl, window, args.aug_pad, args.proto_temperature, args.sinkhorn_iters,
+                                           args.bilinear_shift)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -987,7 +1005,8 @@ if __name__ == "__main__":
         for step in (pbar := trange(args.bc_steps + len(round_ends) * args.online_bc_updates, desc="control: true-action BC")):
             idx = own_videos.sample(args.bc_batch_size, rng)
             feats_t = own_videos.window_features(idx, encoder, device, frames=1)[:, 0]  # f(o_t)
-            loss = F.mse_loss(decoder(policy.from_features(feats_t)), torch.from_numpy(own_videos.ta[idx]).to(device))
+            with amp():
+                loss = F.mse_loss(decoder(policy.from_features(feats_t)), torch.from_numpy(own_videos.ta[idx]).to(device))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -1004,7 +1023,8 @@ if __name__ == "__main__":
         optimizer = torch.optim.AdamW(list(idm.parameters()) + list(wm.parameters()), lr=args.lam_lr)
         for step in (pbar := trange(args.lam_steps, desc="stage 2: latent action model")):
             feats = offline_videos.window_features(offline_videos.sample(args.lam_batch_size, rng), encoder, device)
-            loss, _, perplexity = latent_dynamics_loss(idm, wm, feats)
+            with amp():
+                loss, _, perplexity = latent_dynamics_loss(idm, wm, feats)
             optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(list(idm.parameters()) + list(wm.parameters()), args.lam_grad_clip)
@@ -1032,7 +1052,8 @@ if __name__ == "__main__":
         t = time.time()
         bc_optimizer = torch.optim.AdamW(policy.trunk.parameters(), lr=args.bc_lr)
         for step in (pbar := trange(args.bc_steps, desc="stage 3: latent behaviour cloning")):
-            loss = bc_loss(policy, idm, offline_videos.window_features(offline_videos.sample(args.bc_batch_size, rng), encoder, device))
+            with amp():
+                loss = bc_loss(policy, idm, offline_videos.window_features(offline_videos.sample(args.bc_batch_size, rng), encoder, device))
             bc_optimizer.zero_grad()
             loss.backward()
             bc_optimizer.step()
@@ -1098,8 +1119,9 @@ if __name__ == "__main__":
             idm.train(args.finetune_latent_actions), wm.train(args.finetune_latent_actions)
             for _ in range(num_ft):
                 feats, actions = rb.sample(args.ft_batch_size, rng, device, encoder)
-                loss, action_loss, dyn = finetune_loss(idm, wm, decoder, feats, actions, args.ft_wm_coef,
-                                                       args.finetune_latent_actions)
+                with amp():
+                    loss, action_loss, dyn = finetune_loss(idm, wm, decoder, feats, actions, args.ft_wm_coef,
+                                                           args.finetune_latent_actions)
                 for opt in (idm_optimizer, decoder_optimizer, wm_optimizer):
                     if opt is not None:
                         opt.zero_grad()
@@ -1125,7 +1147,8 @@ if __name__ == "__main__":
 
             # (c) re-clone pi onto the (fine-tuned) latent actions of the videos
             for _ in range(args.online_bc_updates):
-                loss = bc_loss(policy, idm, own_videos.window_features(own_videos.sample(args.online_bc_batch_size, rng), encoder, device))
+                with amp():
+                    loss = bc_loss(policy, idm, own_videos.window_features(own_videos.sample(args.online_bc_batch_size, rng), encoder, device))
                 bc_optimizer.zero_grad()
                 loss.backward()
                 bc_optimizer.step()
