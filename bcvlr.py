@@ -242,6 +242,19 @@ class DataError(Exception):
     """Bad input (videos, shapes, env id); `__main__` prints it as one line and exits with status 1."""
 
 
+def claim_run_dir(run_name):
+    """Create runs/<run_name> and return its name; a run started in the same second with the same env, exp_name and
+    seed (e.g. BCV-LR and its ablation side by side) gets <run_name>_2, _3, ... instead of sharing the folder."""
+    for k in range(1, 1000):
+        name = run_name if k == 1 else f"{run_name}_{k}"
+        try:
+            os.makedirs(f"runs/{name}")
+            return name
+        except FileExistsError:
+            continue
+    raise SystemExit(f"error: runs/{run_name} and 998 suffixed folders already exist")
+
+
 def variant_name(args):
     """The name of what a run trains, as results.json and run_all.sh call it."""
     if args.true_action_bc:
@@ -857,7 +870,7 @@ if __name__ == "__main__":
     print(f"videos: {len(obs)} frames, {len(starts)} windows from {', '.join(video_env_ids)}; "
           f"demonstrator return {video_return}; true actions for diagnostics: {true_actions is not None}")
 
-    os.makedirs(f"runs/{run_name}", exist_ok=True)
+    run_name = claim_run_dir(run_name)
     writer = SummaryWriter(f"runs/{run_name}")
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{k}|{v}|" for k, v in vars(args).items()])))
     if args.track:

@@ -251,6 +251,19 @@ def official_online_schedule(env_id: str):
     return dict(ft_updates=lambda agent_step: math.ceil(agent_step / 256), ft_wm_coef=1e-5, wm_online_lr=1e-5)
 
 
+def claim_run_dir(run_name):
+    """Create runs/<run_name> and return its name; a run started in the same second with the same env, exp_name and
+    seed (e.g. BCV-LR and its ablation side by side) gets <run_name>_2, _3, ... instead of sharing the folder."""
+    for k in range(1, 1000):
+        name = run_name if k == 1 else f"{run_name}_{k}"
+        try:
+            os.makedirs(f"runs/{name}")
+            return name
+        except FileExistsError:
+            continue
+    raise SystemExit(f"error: runs/{run_name} and 998 suffixed folders already exist")
+
+
 def variant_name(args):
     """The name of what a run trains, as results.json and run_all.sh call it."""
     if args.true_action_bc:
@@ -926,6 +939,7 @@ if __name__ == "__main__":
         raise SystemExit(f"error: {e}")
     print(f"videos: {len(own_videos.obs)} frames of {args.env_id}, {len(offline_videos.obs)} for pretraining {video_env_ids}")
 
+    run_name = claim_run_dir(run_name)
     writer = SummaryWriter(f"runs/{run_name}")
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{k}|{v}|" for k, v in vars(args).items()])))
     if args.track:

@@ -463,3 +463,13 @@ def test_data_error_is_raised_not_exited(tmp_path):
         load_video_dataset(str(tmp_path / "missing"))
     with pytest.raises(DataError):
         bcvlr.check_env_id("pong")
+
+
+@pytest.mark.parametrize("module", ["bcvlr", "bcvlr_continuous"])
+def test_claim_run_dir_gives_runs_started_together_their_own_folders(tmp_path, monkeypatch, module):
+    """BCV-LR and its ablation launched in the same second with the same seed once wrote into one folder."""
+    mod = __import__(module)
+    monkeypatch.chdir(tmp_path)
+    names = [mod.claim_run_dir("fruitbot__bcvlr__1__1700000000") for _ in range(3)]
+    assert names == ["fruitbot__bcvlr__1__1700000000", "fruitbot__bcvlr__1__1700000000_2", "fruitbot__bcvlr__1__1700000000_3"]
+    assert all((tmp_path / "runs" / n).is_dir() for n in names)
