@@ -52,6 +52,9 @@ class Args:
     """episodes of a uniform random policy (no rendering) measured for info.json (0 to skip)"""
     max_episodes: int = 0
     """stop after this many episodes (0 = no limit; for quick measurements)"""
+    deterministic: bool = False
+    """MPC tasks: the same candidate plans at every decision and no plan reuse, so that the action is a function of
+    the current state alone (an imitable demonstrator; issue 11). Off: the original planner"""
 
 
 def make_env(env_id, seed):
@@ -124,12 +127,13 @@ class ShootingMPC:
     """Random-shooting MPC on the true simulator (mujoco.rollout from the current state); plan reuse between steps."""
 
     def __init__(self, env_id, substeps, num_candidates=64, horizon=20, hold=4, seed=0, cap=20.0, weight=0.05, hold_when_caught=True,
-                 perturbed=0.0, noise=0.3, bang=False):
+                 perturbed=0.0, noise=0.3, bang=False, deterministic=False):
         self.env_id, self.K, self.H, self.hold, self.cap, self.weight = env_id, num_candidates, horizon, hold, cap, weight
         self.substeps = substeps  # physics steps per env step (control_timestep / timestep)
         self.hold_when_caught, self.perturbed, self.noise = hold_when_caught, perturbed, noise
         self.bang = bang  # sample random plans from the corners of the action box (full torque) instead of uniformly
         self.rng, self.plan, self.data = np.random.default_rng(seed), None, None
+        self.deterministic, self.fixed_plans = deterministic, None  # deterministic: one candidate set drawn once
 
     def score(self, physics, states, sensordata):
         """(K, T, nstate), (K, T, nsensor) -> (K,) objective of each simulated trajectory."""
@@ -157,11 +161,17 @@ class ShootingMPC:
                 self.ball_offset = physics.named.data.xpos["ball", ["x", "z"]] - physics.named.data.qpos[["ball_x", "ball_z"]]
                 self.half_size = physics.named.model.site_size["target", [0, 2]] - physics.named.model.geom_size["ball", 0]
         nu, segs = model.nu, -(-self.H // self.hold)
-        raw = self.rng.uniform(-1, 1, (self.K, segs, nu))
-        if self.bang:
-            raw = np.sign(raw)
-        plans = np.repeat(raw, self.hold, axis=1)[:, : self.H]
-        if self.plan is not None:  # candidate 0: the previous best plan shifted by one step; candidate 1: zero action
+        if self.deterministic and self.fixed_plans is not None:
+            plans = self.fixed_plans
+        else:
+            raw = self.rng.uniform(-1, 1, (self.K, segs, nu))
+            if self.bang:
+                raw = np.sign(raw)
+            plans = np.repeat(raw, self.hold, axis=1)[:, : self.H]
+            if self.deterministic:
+                plans[1] = 0.0
+                self.fixed_plans = plans
+        if self.plan is not None and not self.deterministic:  # candidate 0: the previous best plan shifted by one step; candidate 1: zero action
             plans[0] = np.concatenate([self.plan[1:], self.plan[-1:]])
             plans[1] = 0.0
             n = int(self.K * self.perturbed)  # then noisy copies of the shifted plan (local search around it)
@@ -189,7 +199,7 @@ def make_controller(args, env):
     if args.env_id in MPC_SETTINGS:
         kwargs = dict(MPC_SETTINGS[args.env_id])
         kwargs.update({k: v for k, v in (("num_candidates", args.num_candidates), ("horizon", args.horizon)) if v})
-        return ShootingMPC(args.env_id, substeps, seed=args.seed, **kwargs)
+        return ShootingMPC(args.env_id, substeps, seed=args.seed, deterministic=args.deterministic, **kwargs)
     return CONTROLLERS[args.env_id]()
 
 
@@ -222,7 +232,8 @@ if __name__ == "__main__":
         renv, rng = make_env(args.env_id, args.seed + 10**6), np.random.default_rng(args.seed)
         rand = float(np.mean([run_episode(renv, None, False, rng)["rewards"].sum() for _ in range(args.random_episodes)]))
     info = write_info(out_dir, env_id=args.env_id, suite="dmc", seed=args.seed, random_return_mean=rand,
-                      paper_expert_return=PAPER_EXPERT_RETURN.get(args.env_id), demonstrator=type(controller).__doc__ or type(controller).__name__,
+                      paper_expert_return=PAPER_EXPERT_RETURN.get(args.env_id), demonstrator=(type(controller).__doc__ or type(controller).__name__)
+                      + (" Deterministic: one candidate set, no plan reuse." if args.deterministic and args.env_id in MPC_SETTINGS else ""),
                       render={"height": 64, "width": 64, "camera_id": 0, "offsamples": 0, "shadowsize": 0,
                               "action_repeat": ACTION_REPEAT, "frame_stack": 3, "episode_length": 500})
     print({k: info[k] for k in ("num_transitions", "num_episodes", "ep_return_mean", "ep_return_std", "random_return_mean")})

@@ -67,6 +67,10 @@ class Args:
     """episodes of a uniform random policy measured for info.json (0 to skip)"""
     max_episodes: int = 0
     """measurement mode: each env records ceil(max_episodes / num_envs) episodes, then the run stops (0 = off)"""
+    deterministic: bool = False
+    """the same candidate plans at every decision (the 15 constant plans, then random plans drawn once), no reuse of
+    the previous plan and ties to the first candidate, so that the planner's choice depends on the current state (and
+    the frames its episode has shown, through the novelty bonus) and not on fresh random draws (issue 11)"""
 
 
 def random_return(game, episodes, seed, num=32):
@@ -90,6 +94,7 @@ class Planner:
         self.sim = procgen.ProcgenGym3Env(num=num_envs * self.K, env_name=args.env_id, distribution_mode="easy",
                                           num_levels=0, start_level=0, rand_seed=args.seed)
         self.plans = [self.random_plans(1)[0] for _ in range(num_envs)]
+        self.fixed = None  # --deterministic: one candidate set, drawn once
         self.visited = [set() for _ in range(num_envs)]  # hashes of the frames each real episode has shown
 
     @staticmethod
@@ -104,6 +109,11 @@ class Planner:
     def candidates(self, prev):
         """(K, H) plans: the previous best plan shifted, the 15 constant plans, then random action-repeat plans."""
         H = self.a.horizon
+        if self.a.deterministic:
+            if self.fixed is None:
+                const = np.repeat(np.arange(NUM_ACTIONS)[:, None], H, axis=1)
+                self.fixed = np.concatenate([const, self.random_plans(max(0, self.K - NUM_ACTIONS))])[: self.K]
+            return self.fixed
         shifted = np.concatenate([prev[self.a.replan_every:], self.random_plans(1)[0]])[:H]
         const = np.repeat(np.arange(NUM_ACTIONS)[:, None], H, axis=1)
         plans = np.concatenate([shifted[None], const, self.random_plans(max(0, self.K - 1 - NUM_ACTIONS))])[: self.K]
@@ -131,8 +141,10 @@ class Planner:
                 alive &= ~first
             if not alive.any():
                 break
-        score = score.reshape(self.E, K) + 1e-6 * self.rng.random((self.E, K))
-        score[:, 0] += 1e-3  # ties go to the previous plan (persistent, directed exploration)
+        score = score.reshape(self.E, K)
+        if not self.a.deterministic:  # deterministic: ties go to the first candidate (argmax)
+            score = score + 1e-6 * self.rng.random((self.E, K))
+            score[:, 0] += 1e-3  # ties go to the previous plan (persistent, directed exploration)
         best = score.argmax(1)
         self.plans = [plans[e, best[e]] for e in range(self.E)]
         return np.stack([p[: self.a.replan_every] for p in self.plans])
@@ -194,7 +206,8 @@ if __name__ == "__main__":
                       paper_expert_return=EXPERT_RETURN.get(args.env_id), lapo_random_return=RANDOM_RETURN.get(args.env_id),
                       demonstrator=f"random-shooting planner on procgen state save/restore: {args.num_candidates} candidates, "
                                    f"horizon {args.horizon}, action repeat {args.action_repeat}, replan every {args.replan_every}, "
-                                   f"death penalty {args.death_penalty}, novelty bonus {args.novelty_bonus}",
+                                   f"death penalty {args.death_penalty}, novelty bonus {args.novelty_bonus}"
+                                   + (", deterministic candidates" if args.deterministic else ""),
                       render={"distribution_mode": "easy", "num_levels": 0, "obs": "rgb 64x64x3"},
                       frames_per_second_this_run=steps / elapsed)
     print({k: info[k] for k in ("num_transitions", "num_test_transitions", "num_episodes", "ep_return_mean", "random_return_mean")})

@@ -144,3 +144,53 @@ def check_continuous_loader(out, env_id):
     assert data.obs.shape == (sum(len(d["done"]) for d in chunks), 9, 64, 64)
     assert (data.done == np.concatenate([d["done"] for d in chunks])).all()
     assert np.isclose(data.video_return(), np.mean(np.concatenate([d["ep_returns"][d["done"]] for d in chunks])))
+
+
+def import_expert(name):
+    sys.path.insert(0, os.path.join(ROOT, "experts"))
+    import importlib
+    return importlib.import_module(name)
+
+
+def test_dmc_deterministic_mpc_is_a_function_of_the_state():
+    """--deterministic (issue 11): the MPC's action at a state does not depend on the history or on fresh draws;
+    the original planner's does (so the test can fail)."""
+    pytest.importorskip("dm_control")
+    ex = import_expert("dmc_expert")
+    env = ex.make_env("finger_spin", 0)
+    env.reset()
+    substeps = int(round(env.control_timestep() / env.physics.model.opt.timestep))
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        env.step(rng.uniform(-1, 1, 2))
+    state = env.physics.get_state().copy()
+    for deterministic in (True, False):
+        mpc = ex.ShootingMPC("finger_spin", substeps, num_candidates=16, horizon=4, hold=1, bang=False, perturbed=0.5,
+                             noise=0.6, deterministic=deterministic, seed=1)
+        first = []
+        for detour in range(3):  # the same state, reached after a different history of calls each time
+            for _ in range(detour):
+                env.step(rng.uniform(-1, 1, 2))
+                mpc(env.physics)
+            with env.physics.reset_context():
+                env.physics.set_state(state)
+            first.append(np.asarray(mpc(env.physics)).copy())
+        same = all(np.array_equal(first[0], a) for a in first[1:])
+        assert same == deterministic, (deterministic, first)
+
+
+def test_procgen_deterministic_planner_repeats_its_choice():
+    """--deterministic (issue 11): from the same Procgen state the planner chooses the same actions every time."""
+    pytest.importorskip("procgen")
+    ex = import_expert("procgen_expert")
+    choices = {}
+    for deterministic in (True, False):
+        args = ex.Args(env_id="coinrun", num_candidates=20, horizon=16, novelty_bonus=0.0, seed=2, deterministic=deterministic)
+        env = ex.procgen.ProcgenGym3Env(num=1, env_name="coinrun", distribution_mode="easy", num_levels=0, start_level=0, rand_seed=5)
+        for _ in range(10):
+            env.act(np.array([7], np.int32))
+        state = env.callmethod("get_state")
+        planner = ex.Planner(args, 1, np.random.default_rng(0))
+        choices[deterministic] = [planner.plan(state)[0].tolist() for _ in range(6)]
+    assert all(c == choices[True][0] for c in choices[True]), choices[True]
+    assert len(set(map(tuple, choices[False]))) > 1, choices[False]
