@@ -52,6 +52,13 @@ class Args:
     """episodes of a uniform random policy (no rendering) measured for info.json (0 to skip)"""
     max_episodes: int = 0
     """stop after this many episodes (0 = no limit; for quick measurements)"""
+    mppi_temperature: float = 0.0
+    """MPC tasks: act with the softmax(score / T)-weighted mean of the candidates' first actions (MPPI) instead of
+    the best candidate's; with --deterministic the action is then a smooth function of the state. 0: the best"""
+    action_noise: float = 0.0
+    """std of Gaussian noise added to the demonstrator's action before it is executed (and recorded: `ta` is the
+    executed action). Noise-injected demonstrations (DART, Laskey et al. 2017) show how the demonstrator recovers
+    from off-course states, which behaviour cloning on clean demonstrations never sees (issue 11). 0: off"""
     deterministic: bool = False
     """MPC tasks: the same candidate plans at every decision and no plan reuse, so that the action is a function of
     the current state alone (an imitable demonstrator; issue 11). Off: the original planner"""
@@ -101,7 +108,7 @@ class ReacherPD:
         return jacp[:2].T @ force - self.kd * data.qvel
 
 
-def run_episode(env, controller, render_frames=True, rng=None):
+def run_episode(env, controller, render_frames=True, rng=None, action_noise=0.0):
     ts = env.reset()
     frames, actions, rewards = [], [], []
     spec = env.action_spec()
@@ -109,6 +116,8 @@ def run_episode(env, controller, render_frames=True, rng=None):
         if render_frames:
             frames.append(render(env))
         action = rng.uniform(spec.minimum, spec.maximum) if controller is None else controller(env.physics)
+        if action_noise and controller is not None:
+            action = action + action_noise * rng.standard_normal(action.shape)
         action = np.clip(action, -1, 1).astype(np.float32)
         reward = 0.0
         for _ in range(ACTION_REPEAT):
@@ -127,13 +136,14 @@ class ShootingMPC:
     """Random-shooting MPC on the true simulator (mujoco.rollout from the current state); plan reuse between steps."""
 
     def __init__(self, env_id, substeps, num_candidates=64, horizon=20, hold=4, seed=0, cap=20.0, weight=0.05, hold_when_caught=True,
-                 perturbed=0.0, noise=0.3, bang=False, deterministic=False):
+                 perturbed=0.0, noise=0.3, bang=False, deterministic=False, temperature=0.0):
         self.env_id, self.K, self.H, self.hold, self.cap, self.weight = env_id, num_candidates, horizon, hold, cap, weight
         self.substeps = substeps  # physics steps per env step (control_timestep / timestep)
         self.hold_when_caught, self.perturbed, self.noise = hold_when_caught, perturbed, noise
         self.bang = bang  # sample random plans from the corners of the action box (full torque) instead of uniformly
         self.rng, self.plan, self.data = np.random.default_rng(seed), None, None
         self.deterministic, self.fixed_plans = deterministic, None  # deterministic: one candidate set drawn once
+        self.temperature = temperature
 
     def score(self, physics, states, sensordata):
         """(K, T, nstate), (K, T, nsensor) -> (K,) objective of each simulated trajectory."""
@@ -181,8 +191,11 @@ class ShootingMPC:
         mujoco.mj_getState(model, data, state, spec)
         controls = np.repeat(plans, ACTION_REPEAT * self.substeps, axis=1)
         states, sensordata = mujoco.rollout.rollout(model, self.data, state[None], controls)
-        best = int(np.argmax(self.score(physics, states, sensordata)))
-        self.plan = plans[best]
+        score = self.score(physics, states, sensordata)
+        self.plan = plans[int(np.argmax(score))]
+        if self.temperature > 0:  # MPPI: the softmax-weighted mean of the candidates' first actions
+            w = np.exp((score - score.max()) / self.temperature)
+            return (w / w.sum()) @ plans[:, 0]
         return self.plan[0]
 
 
@@ -199,7 +212,8 @@ def make_controller(args, env):
     if args.env_id in MPC_SETTINGS:
         kwargs = dict(MPC_SETTINGS[args.env_id])
         kwargs.update({k: v for k, v in (("num_candidates", args.num_candidates), ("horizon", args.horizon)) if v})
-        return ShootingMPC(args.env_id, substeps, seed=args.seed, deterministic=args.deterministic, **kwargs)
+        return ShootingMPC(args.env_id, substeps, seed=args.seed, deterministic=args.deterministic,
+                           temperature=args.mppi_temperature, **kwargs)
     return CONTROLLERS[args.env_id]()
 
 
@@ -211,11 +225,12 @@ if __name__ == "__main__":
     run_seed = args.seed + 7919 * writer.num_resumed_chunks  # a resumed run gets fresh episodes
     env = make_env(args.env_id, run_seed)
     controller = make_controller(args, env)
+    noise_rng = np.random.default_rng(run_seed + 10**5)  # --action-noise
     total = args.num_transitions + int(args.test_fraction * args.num_transitions)
     pbar = tqdm(total=total, initial=min(writer.num_recorded, total), desc=args.env_id, unit="frame")
     start, episodes = time.time(), 0
     while not writer.done and not (args.max_episodes and episodes >= args.max_episodes):
-        ep = run_episode(env, controller)
+        ep = run_episode(env, controller, rng=noise_rng, action_noise=args.action_noise)
         before = writer.num_recorded
         writer.add(ep)
         episodes += 1
@@ -233,7 +248,9 @@ if __name__ == "__main__":
         rand = float(np.mean([run_episode(renv, None, False, rng)["rewards"].sum() for _ in range(args.random_episodes)]))
     info = write_info(out_dir, env_id=args.env_id, suite="dmc", seed=args.seed, random_return_mean=rand,
                       paper_expert_return=PAPER_EXPERT_RETURN.get(args.env_id), demonstrator=(type(controller).__doc__ or type(controller).__name__)
-                      + (" Deterministic: one candidate set, no plan reuse." if args.deterministic and args.env_id in MPC_SETTINGS else ""),
+                      + (" Deterministic: one candidate set, no plan reuse." if args.deterministic and args.env_id in MPC_SETTINGS else "")
+                      + (f" MPPI: softmax(score / {args.mppi_temperature})-weighted first actions." if args.mppi_temperature else "")
+                      + (f" Executed (and recorded) action = demonstrator's + N(0, {args.action_noise}^2), clipped." if args.action_noise else ""),
                       render={"height": 64, "width": 64, "camera_id": 0, "offsamples": 0, "shadowsize": 0,
                               "action_repeat": ACTION_REPEAT, "frame_stack": 3, "episode_length": 500})
     print({k: info[k] for k in ("num_transitions", "num_episodes", "ep_return_mean", "ep_return_std", "random_return_mean")})

@@ -393,6 +393,22 @@ def test_end_to_end_controls_and_the_ceiling_learns(tmp_path, procgen_dir):
     with torch.no_grad():
         pred = decoder(policy(bcvlr.normalize(torch.from_numpy(test_obs).permute(0, 3, 1, 2)))).argmax(-1).numpy()
     assert (pred == test_ta).mean() > 0.8  # chance: 0.2
+    # experts/policy_expert.py records this policy as a demonstrator: every recorded action is the one pi + d
+    # choose (greedy) on the frame recorded with it, so frames and actions are aligned (issue 11)
+    out = tmp_path / "policy_videos"
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "experts", "policy_expert.py"), "--model",
+                        os.path.join(run, "bcvlr.cleanrl_model"), "--num-transitions", "150", "--num-envs", "2", "--greedy",
+                        "--random-episodes", "0", "--num-previews", "0", "--out-dir", str(out)], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    data = bcvlr.load_video_dataset(str(out))
+    assert len(data["obs"]) >= 150 and json.load(open(out / "info.json"))["env_id"] == "bigfish"
+    with torch.no_grad():
+        chosen = decoder(policy(bcvlr.normalize(torch.from_numpy(data["obs"]).permute(0, 3, 1, 2)))).argmax(-1).numpy()
+    assert (chosen == data["ta"]).all()
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "experts", "policy_expert.py"), "--model", str(out / "info.json")],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode != 0 and r.stderr.strip().splitlines()[-1].startswith("error:") and "Traceback" not in r.stderr
     # the rebuttal's offline variant: L_ft on labelled video windows, re-cloning, no env interaction
     os.makedirs(tmp_path / "labelled")
     r = run_bcvlr(f"--env-id bigfish --video-dir {procgen_dir} {TINY} --labelled-video-transitions 100",

@@ -194,3 +194,36 @@ def test_procgen_deterministic_planner_repeats_its_choice():
         choices[deterministic] = [planner.plan(state)[0].tolist() for _ in range(6)]
     assert all(c == choices[True][0] for c in choices[True]), choices[True]
     assert len(set(map(tuple, choices[False]))) > 1, choices[False]
+
+
+def test_dmc_action_noise_is_executed_and_recorded():
+    """--action-noise (issue 11): `ta` is the executed, noisy action (clipped to the action box); 0 leaves the
+    demonstrator's own actions, so the recorded actions of the two differ from the first step on."""
+    pytest.importorskip("dm_control")
+    ex = import_expert("dmc_expert")
+    eps = {}
+    for noise in (0.0, 0.5):
+        env = ex.make_env("point_mass_easy", 3)
+        eps[noise] = ex.run_episode(env, ex.PointMassPD(), render_frames=False, rng=np.random.default_rng(0), action_noise=noise)
+    clean, noisy = eps[0.0]["ta"], eps[0.5]["ta"]
+    assert clean.shape == noisy.shape == (500, 2) and np.abs(noisy).max() <= 1.0
+    assert not np.allclose(clean[0], noisy[0])
+    assert np.abs(np.diff(noisy, axis=0)).mean() > 2 * np.abs(np.diff(clean, axis=0)).mean()  # noise: step-to-step jitter
+
+
+def test_dmc_mppi_action_interpolates_between_best_and_mean():
+    """--mppi-temperature: a tiny temperature acts with the best candidate's first action, a huge one with the mean of
+    all candidates' first actions (the deterministic candidate set makes the two calls comparable)."""
+    pytest.importorskip("dm_control")
+    ex = import_expert("dmc_expert")
+    env = ex.make_env("finger_spin", 0)
+    env.reset()
+    substeps = int(round(env.control_timestep() / env.physics.model.opt.timestep))
+    acts = {}
+    for t in (1e-6, 1e6):
+        mpc = ex.ShootingMPC("finger_spin", substeps, num_candidates=16, horizon=4, hold=1, deterministic=True, temperature=t, seed=1)
+        acts[t] = (np.asarray(mpc(env.physics)), mpc)
+    best, mpc = acts[1e-6]
+    assert np.allclose(best, mpc.plan[0])
+    assert np.allclose(acts[1e6][0], acts[1e6][1].fixed_plans[:, 0].mean(0), atol=1e-4)
+    assert not np.allclose(acts[1e6][0], best)
