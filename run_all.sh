@@ -27,6 +27,10 @@ CPU_CONT_FLAGS_MW="${CPU_CONT_FLAGS_MW---scale cpu --no-cuda}"
 CPU_EXPERT_PROCGEN="${CPU_EXPERT_PROCGEN---num-transitions 10000 --test-fraction 0.05}"
 CPU_EXPERT_DMC="${CPU_EXPERT_DMC---num-transitions 10000}"
 CPU_EXPERT_MW="${CPU_EXPERT_MW---num-transitions 10000}"
+# Procgen tasks whose cpu-scale videos come from the planner distilled into a CNN policy (issue 11; README "The cpu
+# subset"): planner videos in $DATA_DIR/<task>_planner -> python bcvlr.py --true-action-bc on them (seed 1, the cpu
+# learner flags) -> experts/policy_expert.py records that policy's episodes into $DATA_DIR/<task>
+CPU_DISTILLED_TASKS="${CPU_DISTILLED_TASKS-coinrun}"
 # --- full scale (paper budgets: Procgen 100k env steps, DMC 100k frames, Metaworld 50k steps) ---
 FULL_PROCGEN_FLAGS="${FULL_PROCGEN_FLAGS-}"
 FULL_CONT_FLAGS_DMC="${FULL_CONT_FLAGS_DMC-}"
@@ -96,6 +100,9 @@ logs: \$OUT/slurm/. sbatch options from the environment:
 Steps:
   1. Expert videos: for every task without \$DATA_DIR/<task>/info.json, run
        python experts/<suite>_expert.py --env-id <task> --out-dir \$DATA_DIR/<task> <expert flags>
+     (cpu scale, the Procgen tasks in CPU_DISTILLED_TASKS ($CPU_DISTILLED_TASKS): planner videos in
+     \$DATA_DIR/<task>_planner, then bcvlr.py --true-action-bc on them, then experts/policy_expert.py records that
+     policy into \$DATA_DIR/<task>; the expert flags go to both expert scripts)
      (up to WORKERS at once; log in \$OUT/experts/<task>/log.txt). If it fails, that task's runs are skipped and
      reported as failed; the other tasks go on.
   2. Runs: one job per (task, seed), WORKERS jobs at once. A job runs the variants one after the other:
@@ -167,6 +174,26 @@ fmt_time() { printf '%dh%02dm%02ds' $(($1 / 3600)) $(($1 % 3600 / 60)) $(($1 % 6
 # ---------------------------------------------------------------------------------------------------------------
 # internal: one expert-video job (called through xargs)
 # ---------------------------------------------------------------------------------------------------------------
+distilled_expert() {  # <scale> <task> <expert flags...>: planner videos -> true-action BC -> record that policy
+    local scale="$1" task="$2"; shift 2
+    local planner="$DATA_DIR/${task}_planner" dir="$OUT/experts/$task" lflags=() model
+    read -r -a lflags <<< "$(flags_for "$scale" procgen learner)"
+    echo "== 1/3 planner videos: $planner"
+    [ -f "$planner/info.json" ] || "$PYTHON" "$REPO/experts/procgen_expert.py" --env-id "$task" --out-dir "$planner" "$@" || return
+    model="$(ls -t "$dir"/distill/runs/*/bcvlr.cleanrl_model 2>/dev/null | head -1)"
+    echo "== 2/3 the planner distilled by behaviour cloning on its true actions (bcvlr.py --true-action-bc) in $dir/distill"
+    if [ -z "$model" ]; then
+        mkdir -p "$dir/distill"
+        (cd "$dir/distill" && "$PYTHON" "$REPO/bcvlr.py" --env-id "$task" --seed 1 --video-dir "$planner" --true-action-bc \
+            --num-threads "${OMP_NUM_THREADS:-0}" "${lflags[@]}") || return
+        model="$(ls -t "$dir"/distill/runs/*/bcvlr.cleanrl_model 2>/dev/null | head -1)"
+        [ -n "$model" ] || { echo "error: no bcvlr.cleanrl_model under $dir/distill/runs"; return 1; }
+    fi
+    echo "== 3/3 that policy's episodes: $DATA_DIR/$task"
+    "$PYTHON" "$REPO/experts/policy_expert.py" --model "$model" --env-id "$task" --out-dir "$DATA_DIR/$task" \
+        --num-threads "${OMP_NUM_THREADS:-1}" "$@"
+}
+
 expert_job() {  # <scale> <task>
     local scale="$1" task="$2" suite dir start rc
     suite="$(suite_of "$task")"
@@ -178,7 +205,12 @@ expert_job() {  # <scale> <task>
     printf '%q ' "${cmd[@]}" > "$dir/cmd.txt"; echo >> "$dir/cmd.txt"
     echo "[expert start] $task"
     start=$SECONDS
-    (cd "$REPO" && "${cmd[@]}") > "$dir/log.txt" 2>&1
+    if [ "$scale" = cpu ] && [ "$suite" = procgen ] && [[ " $CPU_DISTILLED_TASKS " == *" $task "* ]]; then
+        echo "distilled_expert $scale $task ${flags[*]}   # run_all.sh: planner -> true-action BC -> policy_expert.py" > "$dir/cmd.txt"
+        (cd "$REPO" && distilled_expert "$scale" "$task" "${flags[@]}") > "$dir/log.txt" 2>&1
+    else
+        (cd "$REPO" && "${cmd[@]}") > "$dir/log.txt" 2>&1
+    fi
     rc=$?
     echo "$rc" > "$dir/exit_code"
     if [ "$rc" -eq 0 ] && [ -f "$DATA_DIR/$task/info.json" ]; then

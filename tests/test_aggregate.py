@@ -262,6 +262,8 @@ run = f"runs/{env_id}__fake__{seed}__{len(os.listdir('runs')) if os.path.isdir('
 os.makedirs(run)
 if val("--offline-checkpoint") is None:
     open(f"{run}/offline.pt", "w").close()
+if "--true-action-bc" in argv:
+    open(f"{run}/bcvlr.cleanrl_model", "w").close()
 with open(f"{run}/results.json", "w") as f:
     json.dump({"env_id": env_id, "seed": seed, "episodic_return_mean": 1.0 + seed, "episodic_return_std": 0.0,
                "env_steps": 100, "wall_clock_s": {"ssl": 1.0}, "interrupted": False,
@@ -271,8 +273,12 @@ FAKE_EXPERT = r'''
 import json, os, sys
 argv = sys.argv[1:]
 env_id, out_dir = argv[argv.index("--env-id") + 1], argv[argv.index("--out-dir") + 1]
+script = argv[argv.index("--fake-script") + 1]
 if env_id in os.environ.get("FAKE_EXPERT_FAIL", "").split():
     sys.exit("error: fake expert failure")
+if os.environ.get("FAKE_EXPERT_LOG"):
+    with open(os.environ["FAKE_EXPERT_LOG"], "a") as f:
+        f.write(json.dumps({"cwd": os.getcwd(), "argv": argv, "expert": script}) + "\n")
 os.makedirs(out_dir, exist_ok=True)
 with open(os.path.join(out_dir, "info.json"), "w") as f:
     json.dump({"env_id": env_id, "random_return_mean": 0.1, "ep_return_mean": 9.0}, f)
@@ -280,7 +286,7 @@ with open(os.path.join(out_dir, "info.json"), "w") as f:
 FAKE_PYTHON = '''#!/usr/bin/env bash
 case "$1" in
     */bcvlr.py|*/bcvlr_continuous.py) shift; exec "{py}" "{learner}" "$@" ;;
-    */experts/*_expert.py) shift; exec "{py}" "{expert}" "$@" ;;
+    */experts/*_expert.py) e="$1"; shift; exec "{py}" "{expert}" "$@" --fake-script "$e" ;;
     *) exec "{py}" "$@" ;;
 esac
 '''
@@ -346,3 +352,32 @@ def test_run_all_pipeline_with_fake_learner(tmp_path):
         for v in ("bcvlr", "no_finetune", "true_action_bc"))
     md = (tmp_path / "res" / "procgen.md").read_text()
     assert md.count("(n=2/2)") == 6 and "## Notes" not in md
+
+
+def test_run_all_cpu_distils_the_planner_for_coinrun(tmp_path):
+    """run_all.sh cpu coinrun (CPU_DISTILLED_TASKS): planner videos, then bcvlr.py --true-action-bc on them, then
+    experts/policy_expert.py records that model into DATA_DIR/coinrun; a second run reuses all three."""
+    log, expert_log = tmp_path / "calls.jsonl", tmp_path / "experts.jsonl"
+    data = tmp_path / "data"
+    env = dict(os.environ, PYTHON=str(make_fake_python(tmp_path)), OUT=str(tmp_path / "out"), DATA_DIR=str(data),
+               RESULTS=str(tmp_path / "res"), FAKE_LOG=str(log), FAKE_EXPERT_LOG=str(expert_log), SEEDS="1",
+               VARIANTS="true_action_bc", WORKERS="1")
+    r = run_all("cpu", "coinrun", env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    planner, policy = (json.loads(line) for line in expert_log.read_text().splitlines())
+    distil = calls[0]
+    assert planner["expert"].endswith("procgen_expert.py") and planner["argv"][planner["argv"].index("--out-dir") + 1] == str(data / "coinrun_planner")
+    assert "--true-action-bc" in distil["argv"] and distil["argv"][distil["argv"].index("--video-dir") + 1] == str(data / "coinrun_planner")
+    assert "--scale" in distil["argv"] and distil["cwd"] == str(tmp_path / "out" / "experts" / "coinrun" / "distill")
+    model = policy["argv"][policy["argv"].index("--model") + 1]
+    assert policy["expert"].endswith("policy_expert.py") and model.endswith("bcvlr.cleanrl_model") and os.path.exists(model)
+    assert policy["argv"][policy["argv"].index("--out-dir") + 1] == str(data / "coinrun")
+    assert (data / "coinrun" / "info.json").exists() and "--num-transitions" in policy["argv"]
+    # the learner runs read the distilled policy's videos
+    runs = calls[1:]
+    assert runs and all(c["argv"][c["argv"].index("--video-dir") + 1] == str(data / "{env_id}") for c in runs)
+    # a second invocation finds the videos and the finished run: nothing is called again
+    r = run_all("cpu", "coinrun", env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert len(log.read_text().splitlines()) == len(calls) and len(expert_log.read_text().splitlines()) == 2
