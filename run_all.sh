@@ -180,15 +180,14 @@ distilled_expert() {  # <scale> <task> <expert flags...>: planner videos -> true
     read -r -a lflags <<< "$(flags_for "$scale" procgen learner)"
     echo "== 1/3 planner videos: $planner"
     [ -f "$planner/info.json" ] || "$PYTHON" "$REPO/experts/procgen_expert.py" --env-id "$task" --out-dir "$planner" "$@" || return
-    model="$(ls -t "$dir"/distill/runs/*/bcvlr.cleanrl_model 2>/dev/null | head -1)"
     echo "== 2/3 the planner distilled by behaviour cloning on its true actions (bcvlr.py --true-action-bc) in $dir/distill"
-    if [ -z "$model" ]; then
+    if ! ls "$dir"/distill/runs/*/bcvlr.cleanrl_model > /dev/null 2>&1; then  # a finished distillation is reused
         mkdir -p "$dir/distill"
         (cd "$dir/distill" && "$PYTHON" "$REPO/bcvlr.py" --env-id "$task" --seed 1 --video-dir "$planner" --true-action-bc \
             --num-threads "${OMP_NUM_THREADS:-0}" "${lflags[@]}") || return
-        model="$(ls -t "$dir"/distill/runs/*/bcvlr.cleanrl_model 2>/dev/null | head -1)"
-        [ -n "$model" ] || { echo "error: no bcvlr.cleanrl_model under $dir/distill/runs"; return 1; }
     fi
+    model="$(ls -t "$dir"/distill/runs/*/bcvlr.cleanrl_model 2>/dev/null | head -1)"
+    [ -n "$model" ] || { echo "error: no bcvlr.cleanrl_model under $dir/distill/runs"; return 1; }
     echo "== 3/3 that policy's episodes: $DATA_DIR/$task"
     "$PYTHON" "$REPO/experts/policy_expert.py" --model "$model" --env-id "$task" --out-dir "$DATA_DIR/$task" \
         --num-threads "${OMP_NUM_THREADS:-1}" "$@"
