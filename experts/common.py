@@ -104,6 +104,23 @@ class EpisodeWriter:
         self.buffer[split] = []
 
 
+class EpisodeBuffers:
+    """The running episode of each env of a vectorised discrete-action env (Procgen): append one step per env, pop an
+    env's episode when it ends, as the dict of arrays that EpisodeWriter.add takes."""
+
+    def __init__(self, num_envs):
+        self.episodes = [dict(obs=[], ta=[], rewards=[]) for _ in range(num_envs)]
+
+    def append(self, e, obs, action, reward):
+        ep = self.episodes[e]
+        ep["obs"].append(obs), ep["ta"].append(action), ep["rewards"].append(reward)
+
+    def pop(self, e):
+        ep, self.episodes[e] = self.episodes[e], dict(obs=[], ta=[], rewards=[])
+        return dict(obs=np.stack(ep["obs"]).astype(np.uint8), ta=np.asarray(ep["ta"], np.int64),
+                    rewards=np.asarray(ep["rewards"], np.float32))
+
+
 def episode_returns(out_dir, split="train"):
     """Per-episode returns of all complete chunks of a split (episodes end where done is True)."""
     rets = []

@@ -20,7 +20,7 @@ import torch
 import tyro
 from tqdm import tqdm
 
-from common import EpisodeWriter, write_info
+from common import EpisodeBuffers, EpisodeWriter, write_info
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 with contextlib.redirect_stderr(io.StringIO()):
@@ -85,7 +85,7 @@ if __name__ == "__main__":
     torch.manual_seed(run_seed)
     envs = bcvlr.make_env(args.env_id, args.num_envs, run_seed)
     obs = envs.reset()["rgb"]
-    eps = [dict(obs=[], ta=[], rewards=[]) for _ in range(args.num_envs)]
+    eps = EpisodeBuffers(args.num_envs)
     total = args.num_transitions + int(args.test_fraction * args.num_transitions)
     pbar = tqdm(total=total, initial=min(writer.num_recorded, total), desc=f"{args.env_id} policy", unit="frame")
     start, steps = time.time(), 0
@@ -95,13 +95,10 @@ if __name__ == "__main__":
         actions = (logits.argmax(1) if args.greedy else torch.distributions.Categorical(logits=logits).sample()).numpy()
         next_obs, rew, done, _ = envs.step(actions)
         for e in range(args.num_envs):
-            eps[e]["obs"].append(obs[e]), eps[e]["ta"].append(actions[e]), eps[e]["rewards"].append(rew[e])
+            eps.append(e, obs[e], actions[e], rew[e])
             if done[e]:
-                ep = dict(obs=np.stack(eps[e]["obs"]).astype(np.uint8), ta=np.asarray(eps[e]["ta"], np.int64),
-                          rewards=np.asarray(eps[e]["rewards"], np.float32))
-                eps[e] = dict(obs=[], ta=[], rewards=[])
                 before = writer.num_recorded
-                writer.add(ep)
+                writer.add(eps.pop(e))
                 pbar.update(writer.num_recorded - before)
                 pbar.set_postfix(ep_return=f"{np.mean(writer.returns):.2f}", episodes=len(writer.returns))
         obs, steps = next_obs["rgb"], steps + args.num_envs

@@ -16,7 +16,7 @@ import numpy as np
 import tyro
 from tqdm import tqdm
 
-from common import EpisodeWriter, write_info
+from common import EpisodeBuffers, EpisodeWriter, write_info
 
 with contextlib.redirect_stderr(io.StringIO()):  # `import procgen` imports gym, which prints an "unmaintained" notice
     import procgen
@@ -164,7 +164,7 @@ if __name__ == "__main__":
     total = args.num_transitions + int(args.test_fraction * args.num_transitions)
     pbar = tqdm(total=total, initial=min(writer.num_recorded, total), desc=f"{args.env_id} planner", unit="frame")
     _, obs, _ = env.observe()
-    eps = [dict(obs=[], ta=[], rewards=[]) for _ in range(args.num_envs)]
+    eps = EpisodeBuffers(args.num_envs)
     # with --max-episodes each env keeps a quota of episodes, so short (failed) episodes are not over-represented
     quota = -(-args.max_episodes // args.num_envs) if args.max_episodes else None
     ep_count = np.zeros(args.num_envs, int)
@@ -175,16 +175,12 @@ if __name__ == "__main__":
             env.act(actions[:, k].astype(np.int32))
             rew, next_obs, first = env.observe()
             for e in range(args.num_envs):
-                eps[e]["obs"].append(obs["rgb"][e])
-                eps[e]["ta"].append(actions[e, k])
-                eps[e]["rewards"].append(rew[e])
+                eps.append(e, obs["rgb"][e], actions[e, k], rew[e])
                 planner.visited[e].add(planner.frame_key(obs["rgb"][e]))
             steps += args.num_envs
             obs = next_obs
             for e in np.nonzero(first)[0]:
-                ep = dict(obs=np.stack(eps[e]["obs"]).astype(np.uint8), ta=np.asarray(eps[e]["ta"], np.int64),
-                          rewards=np.asarray(eps[e]["rewards"], np.float32))
-                eps[e] = dict(obs=[], ta=[], rewards=[])
+                ep = eps.pop(e)
                 planner.visited[e] = set()
                 ep_count[e] += 1
                 if quota and ep_count[e] > quota:
