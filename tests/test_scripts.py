@@ -1,5 +1,6 @@
 """scripts/ on real envs: pixel_change.py (a game whose camera follows the agent changes far more pixels per step) and
-idm_check.py (a supervised inverse model of random play, measured against chance)."""
+idm_check.py (a supervised inverse model of random play, measured against chance) and ssl_check.py (where the action
+is readable in the continuous videos, and what stage 1 does)."""
 import json
 import os
 import sys
@@ -73,3 +74,42 @@ def test_idm_check_reference_cnn_trains_a_pixel_cnn_in_both_suites():
         assert [c["update"] for c in res["curve"]] == [0, 2, 4]
         assert all(np.isfinite(c["loss"]) for c in res["curve"])
         assert res["curve"][-1]["train_loss"] > 0
+
+
+def moving_square_videos(folder, pairs=800, seed=0):
+    """Two-frame episodes of a 10x10 square at a random column that the 1-D action moves sideways by 8 a_t pixels; a_t is
+    independent of the first frame, so the action can be read from the transition (o_t, o_{t+1}) and not from o_t."""
+    rng = np.random.default_rng(seed)
+    ta = rng.uniform(-1, 1, size=(2 * pairs, 1)).astype(np.float32)
+    obs = rng.integers(0, 20, size=(2 * pairs, 9, 64, 64), dtype=np.uint8)
+    for i, col in zip(range(0, 2 * pairs, 2), rng.uniform(12, 42, size=pairs)):
+        for k, c in enumerate((col, col + 8 * ta[i, 0])):
+            obs[i + k, :, 27:37, int(round(c)) : int(round(c)) + 10] = 255
+    (folder / "train").mkdir(parents=True)
+    np.savez(folder / "train" / "0.npz", obs=obs, ta=ta, done=np.arange(2 * pairs) % 2 == 1)
+
+
+def test_ssl_check_reads_the_action_from_the_transition_and_reports_stage_one(tmp_path):
+    from ssl_check import Args, main
+
+    moving_square_videos(tmp_path / "squares")
+    res = main(Args(video_dir=str(tmp_path / "squares"), env_id="squares", steps=(2,), ssl_batch_size=8, pairs=600,
+                    encoder_channels=8, pixels=True, out=str(tmp_path / "ssl.json")))
+    probes = {(p["step"], p["input"]): p for p in res["probes"]}
+    assert probes[(0, "pixels(o_t+1)-pixels(o_t)")]["ratio"] < 0.5  # the transition shows the action
+    assert probes[(0, "pixels(o_t)")]["ratio"] > 0.8  # o_t alone does not: a broken probe or split cannot pass both
+    assert probes[(0, "f(o_t+1)-f(o_t)")]["ratio"] < probes[(0, "f(o_t)")]["ratio"]
+    assert (2, "both f") in probes and [r["step"] for r in res["ssl"]] == [1, 2]
+    assert all(np.isfinite(r["loss"]) and -1.0 <= r["sample_cosine"] <= 1.0 and r["logit_std"] >= 0 for r in res["ssl"])
+    assert json.loads((tmp_path / "ssl.json").read_text())["ssl"][-1]["ln_k"] == pytest.approx(np.log(512))
+
+
+def test_ssl_check_videos_without_actions_is_one_line_error(tmp_path):
+    from ssl_check import Args, main
+
+    (tmp_path / "v" / "train").mkdir(parents=True)
+    np.savez(tmp_path / "v" / "train" / "0.npz", obs=np.zeros((40, 9, 64, 64), np.uint8))
+    with pytest.raises(SystemExit, match="carry no true actions"):
+        main(Args(video_dir=str(tmp_path / "v"), steps=()))
+    with pytest.raises(SystemExit, match="error: video folder .* not found"):
+        main(Args(video_dir=str(tmp_path / "missing"), steps=()))
