@@ -1,6 +1,6 @@
 """scripts/ on real envs: pixel_change.py (a game whose camera follows the agent changes far more pixels per step) and
 idm_check.py (a supervised inverse model of random play, measured against chance) and ssl_check.py (where the action
-is readable in the continuous videos, and what stage 1 does)."""
+is readable in the continuous videos, and what stage 1 does), action_stats.py (how far from uniform a policy acts)."""
 import json
 import os
 import sys
@@ -113,3 +113,29 @@ def test_ssl_check_videos_without_actions_is_one_line_error(tmp_path):
         main(Args(video_dir=str(tmp_path / "v"), steps=()))
     with pytest.raises(SystemExit, match="error: video folder .* not found"):
         main(Args(video_dir=str(tmp_path / "missing"), steps=()))
+
+
+def test_action_stats_tells_a_uniform_policy_from_a_decided_one(tmp_path, procgen_dir, procgen_data):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import bcvlr
+    from action_stats import Args, main
+
+    a = bcvlr.Args(**bcvlr.CPU_SCALE)
+    encoder = bcvlr.Encoder(a.encoder_channels, a.feature_pool)
+    policy, decoder = bcvlr.LatentPolicy(encoder, a), bcvlr.make_decoder(a.la_dim)
+    paths = []
+    for name, bias in (("uniform", 0.0), ("always3", 20.0)):
+        with torch.no_grad():
+            decoder[-1].weight.zero_(), decoder[-1].bias.zero_()
+            decoder[-1].bias[3] = bias  # logits do not depend on the frame: uniform, or action 3 with probability ~1
+        paths.append(str(tmp_path / f"{name}.cleanrl_model"))
+        torch.save({"policy": policy.state_dict(), "decoder": decoder.state_dict(), "args": vars(a)}, paths[-1])
+    rows = main(Args(models=tuple(paths), video_dir=procgen_dir, frames=300, out=str(tmp_path / "s.json")))
+    videos, uniform, always3 = rows
+    share3 = float((procgen_data["ta"][:300] == 3).mean())
+    assert abs(uniform["frame_entropy"] - np.log(15)) < 1e-4 and abs(uniform["marginal_entropy"] - np.log(15)) < 1e-4
+    assert always3["frame_entropy"] < 1e-3 and always3["top"][0] == 3 and abs(always3["agreement"] - share3) < 1e-9
+    assert 2.0 < videos["marginal_entropy"] <= np.log(15) + 1e-9  # random play: close to uniform
+    assert json.loads((tmp_path / "s.json").read_text())[2]["variant"] == "bcvlr"
+    with pytest.raises(SystemExit, match="error: no model file"):
+        main(Args(models=(str(tmp_path / "missing.cleanrl_model"),), video_dir=procgen_dir, frames=50))
