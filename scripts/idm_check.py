@@ -10,6 +10,11 @@ amount of latent-action pre-training or cloning can make that run's decoded acti
     python scripts/idm_check.py --env-id coinrun --updates 400                  # Procgen: p and f from bcvlr.py
     python scripts/idm_check.py --env-id reacher_easy --updates 500 --batch-size 128
     python scripts/idm_check.py --env-id coinrun --offline-checkpoint runs/<run>/offline.pt   # start from a run's p, f
+    python scripts/idm_check.py --env-id coinrun --video-dir expert_data/coinrun --transitions 10000 --updates 3000
+
+With `--video-dir` it trains on the expert videos' windows and their true actions instead of random play: how well a
+supervised p reads the demonstrator's actions at the budget, which bounds what stage 2's latent actions can carry
+(Procgen also reports the held-out accuracy of always predicting the most frequent action).
 
 The held-out transitions are the last `--val-fraction` of the collection in time, so they are not neighbours of
 training frames. f is random unless `--offline-checkpoint` gives one (it is frozen either way, as online).
@@ -61,6 +66,10 @@ class Args:
     """torch CPU threads (0: torch's default)"""
     out: Optional[str] = None
     """also write the curve as JSON to this file"""
+    video_dir: Optional[str] = None
+    """train and hold out on these expert videos' windows and true actions (the first --transitions, in time order)
+    instead of collecting random play: how well a supervised p can read the demonstrator's actions, the best case
+    of the latent action model of stage 2 on the same data"""
     reference_cnn: bool = False
     """instead of the learner's f and p, a plain CNN on the raw pixels of (o_t, o_{t+1}) (4 convs, 3 of stride 2, 32
     channels, MLP 256): not BCV-LR, a reference for whether the frames carry the action at this budget"""
@@ -102,6 +111,24 @@ def collect_continuous(cont, args, rng):
     return np.stack(pairs), np.stack(actions)
 
 
+def video_windows(bcvlr, cont, args):
+    """The videos' windows in time order, with the action a_t of the transition they show: Procgen (o_{t-1}, o_t,
+    o_{t+1}) with ta[t]; continuous (o_t, o_{t+1}) with ta[t]. At most --transitions of them."""
+    try:
+        if cont is None:
+            data = bcvlr.load_video_dataset(args.video_dir, env_id=args.env_id)
+            ta, starts = data.get("ta"), bcvlr.window_starts(data["done"])[: args.transitions]
+            window, offset, obs = 3, 1, data["obs"]
+        else:
+            videos = cont.load_videos(args.video_dir, args.env_id)
+            ta, starts, window, offset, obs = videos.ta, videos.valid[: args.transitions], 2, 0, videos.obs
+    except (bcvlr.DataError, getattr(cont, "DataError", bcvlr.DataError)) as e:
+        raise SystemExit(f"error: {e}")
+    if ta is None:
+        raise SystemExit(f"error: the videos in {args.video_dir} carry no true actions (`ta`), which this check needs")
+    return obs[starts[:, None] + np.arange(window)], np.asarray(ta)[starts + offset]
+
+
 def reference_cnn(in_ch, out_dim):
     """[B, in_ch, 64, 64] -> [B, out_dim]: the plain pixel CNN of --reference-cnn."""
     nn = torch.nn
@@ -135,7 +162,7 @@ def main(args):
         if ckpt:
             f.load_state_dict(ckpt["encoder"])
             p.load_state_dict(ckpt["idm"])
-        data, acts = collect_procgen(bcvlr, args, rng)
+        data, acts = video_windows(bcvlr, None, args) if args.video_dir else collect_procgen(bcvlr, args, rng)
 
         def predict(idx):  # window [B, 3, 64, 64, 3] uint8 -> logits [B, 15]
             window = bcvlr.normalize(torch.from_numpy(data[idx]).permute(0, 1, 4, 2, 3))
@@ -154,7 +181,7 @@ def main(args):
         if ckpt:
             run_args = cont.Args(**{k: v for k, v in ckpt["args"].items() if k in cont.Args.__dataclass_fields__})
         run_args.la_dim = run_args.vq_num_codebooks * run_args.vq_num_latents * run_args.vq_dim
-        data, acts = collect_continuous(cont, args, rng)
+        data, acts = video_windows(bcvlr, cont, args) if args.video_dir else collect_continuous(cont, args, rng)
         f, size = cont.Encoder(9, run_args.encoder_channels, run_args.feature_pool), 32 // run_args.feature_pool
         p, d = cont.IDM(run_args, (run_args.encoder_channels, size, size)), cont.make_decoder(run_args.la_dim, acts.shape[1])
         if ckpt:
@@ -182,15 +209,18 @@ def main(args):
     if discrete:  # chance = cross-entropy of predicting the training actions' marginal distribution
         marginal = np.bincount(acts[train], minlength=bcvlr.NUM_ACTIONS) / len(train) + 1e-12
         chance = float(-np.log(marginal[acts[val]]).mean())
+        majority = float((acts[val] == marginal.argmax()).mean())  # held-out accuracy of the most frequent action
     else:  # chance = MSE of predicting the training actions' mean
         chance = float(((acts[val] - acts[train].mean(0)) ** 2).mean())
+        majority = None
     groups = [{"params": d.parameters(), "lr": args.decoder_lr}]
     if args.idm_lr > 0 and not args.reference_cnn:
         groups.append({"params": p.parameters(), "lr": args.idm_lr})
     optimizer = torch.optim.Adam(groups)
     name = "cross-entropy" if discrete else "MSE"
-    print(f"{args.env_id}: {len(train)} train / {n_val} held-out random-policy transitions; chance held-out {name} "
-          f"{chance:.4f}")
+    source = f"video ({args.video_dir})" if args.video_dir else "random-policy"
+    print(f"{args.env_id}: {len(train)} train / {n_val} held-out {source} transitions; chance held-out {name} "
+          f"{chance:.4f}" + (f", most frequent action's accuracy {majority:.3f}" if majority is not None else ""))
 
     def evaluate():
         p.eval()
@@ -214,7 +244,7 @@ def main(args):
             acc = f", accuracy {curve[-1]['accuracy']:.3f}" if discrete else ""
             print(f"update {update}: train {name} {loss.item():.4f}, held-out {name} {curve[-1]['loss']:.4f} "
                   f"(chance {chance:.4f}){acc}; {time.time() - start:.0f} s", flush=True)
-    result = {"env_id": args.env_id, "metric": name, "chance": chance, "train_transitions": len(train),
+    result = {"env_id": args.env_id, "metric": name, "chance": chance, "majority_accuracy": majority, "train_transitions": len(train),
               "val_transitions": n_val, "curve": curve, "args": vars(args)}
     if args.out:
         with open(args.out, "w") as fh:

@@ -139,3 +139,23 @@ def test_action_stats_tells_a_uniform_policy_from_a_decided_one(tmp_path, procge
     assert json.loads((tmp_path / "s.json").read_text())[2]["variant"] == "bcvlr"
     with pytest.raises(SystemExit, match="error: no model file"):
         main(Args(models=(str(tmp_path / "missing.cleanrl_model"),), video_dir=procgen_dir, frames=50))
+
+
+def test_idm_check_trains_on_expert_videos_in_both_suites(tmp_path, procgen_dir, procgen_data):
+    res = _idm_check(env_id="bigfish", video_dir=procgen_dir, transitions=500, updates=2, eval_every=1, batch_size=16)
+    assert res["train_transitions"] + res["val_transitions"] == 500  # the first 500 windows of the videos
+    import bcvlr
+
+    starts = bcvlr.window_starts(procgen_data["done"])[:500]
+    acts = procgen_data["ta"][starts + 1]  # a_t of each window (o_{t-1}, o_t, o_{t+1}); the last 50 are held out
+    most_frequent = np.bincount(acts[:450], minlength=15).argmax()
+    assert res["majority_accuracy"] == pytest.approx(float((acts[450:] == most_frequent).mean()))
+    assert [c["update"] for c in res["curve"]] == [0, 1, 2]
+    moving_square_videos(tmp_path / "squares", pairs=100)
+    res = _idm_check(env_id="reacher_easy", video_dir=str(tmp_path / "squares"), transitions=1000, updates=2,
+                     eval_every=2, batch_size=16)
+    assert res["train_transitions"] + res["val_transitions"] == 100 and res["majority_accuracy"] is None  # 1 pair per episode
+    with pytest.raises(SystemExit, match="carry no true actions"):
+        (tmp_path / "noacts" / "train").mkdir(parents=True)
+        np.savez(tmp_path / "noacts" / "train" / "0.npz", obs=np.zeros((40, 9, 64, 64), np.uint8))
+        _idm_check(env_id="reacher_easy", video_dir=str(tmp_path / "noacts"), updates=1)
