@@ -111,22 +111,30 @@ def collect_continuous(cont, args, rng):
     return np.stack(pairs), np.stack(actions)
 
 
-def video_windows(bcvlr, cont, args):
-    """The videos' windows in time order, with the action a_t of the transition they show: Procgen (o_{t-1}, o_t,
-    o_{t+1}) with ta[t]; continuous (o_t, o_{t+1}) with ta[t]. At most --transitions of them."""
+def video_windows_procgen(bcvlr, args):
+    """The videos' windows (o_{t-1}, o_t, o_{t+1}) inside one episode, in time order, with a_t (at most --transitions)."""
     try:
-        if cont is None:
-            data = bcvlr.load_video_dataset(args.video_dir, env_id=args.env_id)
-            ta, starts = data.get("ta"), bcvlr.window_starts(data["done"])[: args.transitions]
-            window, offset, obs = 3, 1, data["obs"]
-        else:
-            videos = cont.load_videos(args.video_dir, args.env_id)
-            ta, starts, window, offset, obs = videos.ta, videos.valid[: args.transitions], 2, 0, videos.obs
-    except (bcvlr.DataError, getattr(cont, "DataError", bcvlr.DataError)) as e:
+        data = bcvlr.load_video_dataset(args.video_dir, env_id=args.env_id)
+    except bcvlr.DataError as e:
         raise SystemExit(f"error: {e}")
+    starts = bcvlr.window_starts(data["done"])[: args.transitions]
+    return data["obs"][starts[:, None] + np.arange(3)], video_actions(data.get("ta"), starts + 1, args)
+
+
+def video_pairs_continuous(cont, args):
+    """The videos' pairs (o_t, o_{t+1}) inside one episode, in time order, with a_t (at most --transitions)."""
+    try:
+        videos = cont.load_videos(args.video_dir, args.env_id)
+    except cont.DataError as e:
+        raise SystemExit(f"error: {e}")
+    starts = videos.valid[: args.transitions]
+    return videos.obs[starts[:, None] + np.arange(2)], video_actions(videos.ta, starts, args)
+
+
+def video_actions(ta, idx, args):
     if ta is None:
         raise SystemExit(f"error: the videos in {args.video_dir} carry no true actions (`ta`), which this check needs")
-    return obs[starts[:, None] + np.arange(window)], np.asarray(ta)[starts + offset]
+    return np.asarray(ta)[idx]
 
 
 def reference_cnn(in_ch, out_dim):
@@ -162,7 +170,7 @@ def main(args):
         if ckpt:
             f.load_state_dict(ckpt["encoder"])
             p.load_state_dict(ckpt["idm"])
-        data, acts = video_windows(bcvlr, None, args) if args.video_dir else collect_procgen(bcvlr, args, rng)
+        data, acts = video_windows_procgen(bcvlr, args) if args.video_dir else collect_procgen(bcvlr, args, rng)
 
         def predict(idx):  # window [B, 3, 64, 64, 3] uint8 -> logits [B, 15]
             window = bcvlr.normalize(torch.from_numpy(data[idx]).permute(0, 1, 4, 2, 3))
@@ -181,7 +189,7 @@ def main(args):
         if ckpt:
             run_args = cont.Args(**{k: v for k, v in ckpt["args"].items() if k in cont.Args.__dataclass_fields__})
         run_args.la_dim = run_args.vq_num_codebooks * run_args.vq_num_latents * run_args.vq_dim
-        data, acts = video_windows(bcvlr, cont, args) if args.video_dir else collect_continuous(cont, args, rng)
+        data, acts = video_pairs_continuous(cont, args) if args.video_dir else collect_continuous(cont, args, rng)
         f, size = cont.Encoder(9, run_args.encoder_channels, run_args.feature_pool), 32 // run_args.feature_pool
         p, d = cont.IDM(run_args, (run_args.encoder_channels, size, size)), cont.make_decoder(run_args.la_dim, acts.shape[1])
         if ckpt:

@@ -79,11 +79,11 @@ def ridge_probe(X, y, ridges, train_fraction=0.8):
 
 
 def probe_inputs(current, change, actions, ridges, prefix, step):
+    """The three probes of one representation `prefix` (pixels or f): on o_t, on the transition, on both."""
     rows = []
-    for name, X in (("now", current), ("change", change), ("both", np.concatenate([current, change], 1))):
-        rows.append(dict(step=step, input=f"{prefix}(o_t)" if name == "now" else
-                         f"{prefix}(o_t+1)-{prefix}(o_t)" if name == "change" else f"both {prefix}", **ridge_probe(X, actions, ridges)))
-        r = rows[-1]
+    for name, X in ((f"{prefix}(o_t)", current), (f"{prefix}(o_t+1)-{prefix}(o_t)", change),
+                    (f"both {prefix}", np.concatenate([current, change], 1))):
+        rows.append(r := dict(step=step, input=name, **ridge_probe(X, actions, ridges)))
         print(f"step {step:>5} | {r['input']:<18} | held-out MSE {r['mse']:.4f}, mean action {r['chance']:.4f}: "
               f"ratio {r['ratio']:.3f} (ridge {r['ridge']:g})", flush=True)
     return rows
