@@ -745,11 +745,13 @@ def finetune_loss(idm, wm, decoder, feats, actions, wm_coef, finetune_idm=True):
 @torch.no_grad()
 def probe_latent_actions(idm, encoder, obs, starts, actions, device, n=4096, epochs=30, seed=0, cache=None):
     """Diagnostic only (expert actions are never used for training): fit a fresh MLP from p's latent actions to the
-    true actions a_t on half of n video windows and return its accuracy on the other half. Uses its own random
+    true actions a_t on the earlier half (in video order) of n video windows; return its accuracy on the later half and
+    that of always answering the earlier half's most frequent action. Split in time, because neighbouring windows are
+    near copies: a random split would let the probe recognise frames instead of reading actions. Uses its own random
     state, so that running it does not change the training run."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        sel = starts[torch.randperm(len(starts))[:n]]
+        sel = starts[torch.randperm(len(starts))[:n]].sort().values
         was_training = idm.training
         idm.eval()
         las = torch.cat([idm.latent_action(window_features(encoder, obs, s, device, cache)) for s in sel.split(256)])
@@ -766,7 +768,8 @@ def probe_latent_actions(idm, encoder, obs, starts, actions, device, n=4096, epo
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
-        return (probe(las[half:]).argmax(-1) == y[half:]).float().mean().item()
+        majority = torch.bincount(y[:half], minlength=NUM_ACTIONS).argmax()
+        return (probe(las[half:]).argmax(-1) == y[half:]).float().mean().item(), (y[half:] == majority).float().mean().item()
 
 
 def soft_update(target, source, tau):
@@ -990,9 +993,11 @@ if __name__ == "__main__":
                 writer.add_scalar("diagnostics/latent_action_std", la_std.item(), step)
                 pbar.set_postfix(loss=f"{loss.item():.4f}", perplexity=f"{perplexity.item():.1f}", usage=f"{usage.item():.2g}")
             if true_actions is not None and ((step + 1) % args.probe_every == 0 or step + 1 == args.lam_steps):
-                acc = probe_latent_actions(idm, encoder, obs, starts, true_actions, device, n=args.probe_windows, cache=cache)
+                acc, majority = probe_latent_actions(idm, encoder, obs, starts, true_actions, device, n=args.probe_windows, cache=cache)
                 writer.add_scalar("diagnostics/latent_action_probe_accuracy", acc, step)
-                pbar.write(f"stage 2 step {step + 1}: probe accuracy of latent actions vs true actions {acc:.3f}")
+                writer.add_scalar("diagnostics/majority_action_accuracy", majority, step)
+                pbar.write(f"stage 2 step {step + 1}: probe accuracy of latent actions vs true actions {acc:.3f} "
+                           f"(most frequent action {majority:.3f})")
         timings["lam"] = time.time() - t
         if args.save_model:
             save_offline(2)

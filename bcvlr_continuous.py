@@ -819,11 +819,14 @@ def act(policy, decoder, obs, device):
 @torch.no_grad()
 def probe_latent_actions(idm, encoder, videos, device, n=4096, steps=300, seed=0):
     """Diagnostic only (expert actions are never used for training): fit a fresh MLP from p's latent actions to the
-    true actions a_t on half of n video pairs; return its MSE on the other half and the MSE of the mean action. Uses its
-    own random state, so that running it does not change the training run."""
+    true actions a_t on the earlier half (in video order) of n video pairs; return its MSE on the later half and that
+    of the earlier half's mean action. Split in time, because neighbouring pairs are near copies: a random split would
+    let the probe recognise frames instead of reading actions. Uses its own random state, so that running it does not
+    change the training run."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        idx = videos.sample(n, np.random.default_rng(seed))
+        idx = np.sort(np.random.default_rng(seed).choice(videos.valid, size=min(n, len(videos.valid)), replace=False))
+        n = len(idx)
         was_training = idm.training
         idm.eval()
         las = torch.cat([idm.latent_action(videos.window_features(i, encoder, device)) for i in np.split(idx, range(256, n, 256))])
@@ -1051,8 +1054,7 @@ if __name__ == "__main__":
                 writer.add_scalar("diagnostics/latent_action_std", la_std.item(), step)
                 pbar.set_postfix(loss=f"{loss.item():.4f}", perplexity=f"{perplexity.item():.1f}", usage=f"{usage.item():.2g}")
             if offline_videos.ta is not None and ((step + 1) % args.probe_every == 0 or step + 1 == args.lam_steps):
-                n_probe = min(args.probe_windows, 2 * len(offline_videos.valid))
-                probe_mse, mean_mse = probe_latent_actions(idm, encoder, offline_videos, device, n=n_probe)
+                probe_mse, mean_mse = probe_latent_actions(idm, encoder, offline_videos, device, n=args.probe_windows)
                 writer.add_scalar("diagnostics/latent_action_probe_mse", probe_mse, step)
                 writer.add_scalar("diagnostics/mean_action_mse", mean_mse, step)
                 pbar.write(f"[diagnostic] lam step {step + 1}: probe MSE {probe_mse:.4f}, mean-action MSE {mean_mse:.4f}")

@@ -476,6 +476,26 @@ def square_stacks(n, seed):
     return obs, ta
 
 
+def test_probe_reads_actions_that_are_there_and_splits_in_time():
+    """The diagnostic probe itself (twin of test_bcvlr's): a latent action that is the true action scores far below the
+    mean action's MSE; and the probe holds out the later half of the videos, so the frames it is scored on are new."""
+    class CopyIDM(nn.Module):
+        def latent_action(self, window_feats):  # [B, 2, C, H, W]: the action is written in frame o_t's first pixels
+            return window_feats[:, 0, 0, 0, :2] / 100 - 1
+
+    obs, ta = square_stacks(600, seed=0)
+    obs[:, 0, 0, :2] = np.round((ta + 1) * 100).astype(np.uint8)
+    videos = bc.VideoData([dict(obs=obs, done=np.arange(600) % 200 == 199, ta=ta, ep_returns=None)])
+    enc = lambda x: x.float()
+    mse, mean_mse = bc.probe_latent_actions(CopyIDM(), enc, videos, "cpu", n=400, steps=300)
+    assert mse < 0.1 * mean_mse, (mse, mean_mse)
+    ta_later = ta.copy()
+    ta_later[ta_later.shape[0] // 2 :] *= -1  # actions of the later half reversed: a probe fitted on the earlier half fails there
+    videos.ta = ta_later
+    mse_flip, _ = bc.probe_latent_actions(CopyIDM(), enc, videos, "cpu", n=400, steps=300)
+    assert mse_flip > mean_mse, (mse_flip, mean_mse)
+
+
 def test_end_to_end_controls_and_the_ceiling_learns(tmp_path, reacher_episodes):
     # the ceiling (--true-action-bc) on frames that show their action must learn it: a broken ceiling cannot pass
     obs, ta = square_stacks(600, seed=0)
