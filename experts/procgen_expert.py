@@ -67,6 +67,11 @@ class Args:
     """episodes of a uniform random policy measured for info.json (0 to skip)"""
     max_episodes: int = 0
     """measurement mode: each env records ceil(max_episodes / num_envs) episodes, then the run stops (0 = off)"""
+    action_set: tuple[int, ...] = ()
+    """the actions the planner may choose, as Procgen indices (0 LEFT_DOWN, 1 LEFT, 2 LEFT_UP, 3 DOWN, 4 NOOP, 5 UP,
+    6 RIGHT_DOWN, 7 RIGHT, 8 RIGHT_UP, 9 D, 10 A, 11 W, 12 S, 13 Q, 14 E); () = all 15. Many games treat several
+    actions alike (fruitbot: LEFT_DOWN = LEFT = LEFT_UP), and a planner that samples among equivalent actions records
+    labels that no network can predict, which caps the true-action ceiling: e.g. fruitbot --action-set 1 4 7 9"""
     deterministic: bool = False
     """the same candidate plans at every decision (the 15 constant plans, then random plans drawn once), no reuse of
     the previous plan and ties to the first candidate, so that the planner's choice depends on the current state (and
@@ -91,6 +96,7 @@ class Planner:
 
     def __init__(self, args, num_envs, rng):
         self.a, self.E, self.K, self.rng = args, num_envs, args.num_candidates, rng
+        self.actions = np.array(args.action_set or range(NUM_ACTIONS))
         self.sim = procgen.ProcgenGym3Env(num=num_envs * self.K, env_name=args.env_id, distribution_mode="easy",
                                           num_levels=0, start_level=0, rand_seed=args.seed)
         self.plans = [self.random_plans(1)[0] for _ in range(num_envs)]
@@ -103,20 +109,20 @@ class Planner:
 
     def random_plans(self, n):
         segs = -(-self.a.horizon // self.a.action_repeat)
-        plans = np.repeat(self.rng.integers(0, NUM_ACTIONS, (n, segs)), self.a.action_repeat, axis=1)
+        plans = np.repeat(self.rng.choice(self.actions, (n, segs)), self.a.action_repeat, axis=1)
         return plans[:, : self.a.horizon]
 
     def candidates(self, prev):
-        """(K, H) plans: the previous best plan shifted, the 15 constant plans, then random action-repeat plans."""
-        H = self.a.horizon
+        """(K, H) plans: the previous best plan shifted, the constant plans (one per action), then random action-repeat
+        plans."""
+        H, A = self.a.horizon, len(self.actions)
+        const = np.repeat(self.actions[:, None], H, axis=1)
         if self.a.deterministic:
             if self.fixed is None:
-                const = np.repeat(np.arange(NUM_ACTIONS)[:, None], H, axis=1)
-                self.fixed = np.concatenate([const, self.random_plans(max(0, self.K - NUM_ACTIONS))])[: self.K]
+                self.fixed = np.concatenate([const, self.random_plans(max(0, self.K - A))])[: self.K]
             return self.fixed
         shifted = np.concatenate([prev[self.a.replan_every:], self.random_plans(1)[0]])[:H]
-        const = np.repeat(np.arange(NUM_ACTIONS)[:, None], H, axis=1)
-        plans = np.concatenate([shifted[None], const, self.random_plans(max(0, self.K - 1 - NUM_ACTIONS))])[: self.K]
+        plans = np.concatenate([shifted[None], const, self.random_plans(max(0, self.K - 1 - A))])[: self.K]
         return plans
 
     def plan(self, states):
@@ -152,6 +158,8 @@ class Planner:
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
+    if any(not 0 <= a < NUM_ACTIONS for a in args.action_set):
+        raise SystemExit(f"error: --action-set takes Procgen action indices 0-{NUM_ACTIONS - 1}, got {list(args.action_set)}")
     out_dir = args.out_dir.format(env_id=args.env_id)
     writer = EpisodeWriter(out_dir, args.num_transitions, int(args.test_fraction * args.num_transitions), args.chunk_size,
                            args.num_previews, preview_fn=lambda obs: obs)
@@ -203,7 +211,8 @@ if __name__ == "__main__":
                       demonstrator=f"random-shooting planner on procgen state save/restore: {args.num_candidates} candidates, "
                                    f"horizon {args.horizon}, action repeat {args.action_repeat}, replan every {args.replan_every}, "
                                    f"death penalty {args.death_penalty}, novelty bonus {args.novelty_bonus}"
-                                   + (", deterministic candidates" if args.deterministic else ""),
+                                   + (", deterministic candidates" if args.deterministic else "")
+                                   + (f", actions {list(args.action_set)}" if args.action_set else ""),
                       render={"distribution_mode": "easy", "num_levels": 0, "obs": "rgb 64x64x3"},
                       frames_per_second_this_run=steps / elapsed)
     print({k: info[k] for k in ("num_transitions", "num_test_transitions", "num_episodes", "ep_return_mean", "random_return_mean")})

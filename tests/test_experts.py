@@ -60,8 +60,9 @@ def procgen_runs(tmp_path_factory):
     runs = {}
     for game in ("bigfish", "fruitbot"):
         out = tmp_path_factory.mktemp("expert_data") / game
+        action_set = ("--action-set", "1", "4", "7", "9") if game == "fruitbot" else ()  # LEFT, NOOP, RIGHT, D (key)
         info = run_expert("procgen_expert.py", out, "--env-id", game, "--num-transitions", "200", "--test-fraction", "0.5",
-                          "--num-envs", "1", "--seed", "3", "--random-episodes", "30")
+                          "--num-envs", "1", "--seed", "3", "--random-episodes", "30", *action_set)
         runs[game] = (str(out), info)
     return runs
 
@@ -73,6 +74,15 @@ def test_procgen_planner_beats_random(procgen_runs, game):
     returns = np.concatenate([d["ep_returns"][d["done"]] for d in train])
     assert info["num_transitions"] >= 200 and info["num_test_transitions"] >= 100
     assert returns.mean() > info["random_return_mean"] + 3.0, (returns, info["random_return_mean"])
+
+
+def test_procgen_action_set_is_the_only_actions_recorded(procgen_runs):
+    out, info = procgen_runs["fruitbot"]
+    actions = np.concatenate([d["ta"] for d in load_split(out)])
+    assert set(np.unique(actions)) <= {1, 4, 7, 9} and len(np.unique(actions)) >= 2, np.unique(actions)
+    assert "actions [1, 4, 7, 9]" in info["demonstrator"]
+    bigfish_actions = np.concatenate([d["ta"] for d in load_split(procgen_runs["bigfish"][0])])
+    assert len(np.unique(bigfish_actions)) > 4  # without --action-set, all 15 are candidates
 
 
 def test_procgen_files(procgen_runs):
