@@ -71,9 +71,10 @@ class Args:
     """the actions the planner may choose, as Procgen indices (0 LEFT_DOWN, 1 LEFT, 2 LEFT_UP, 3 DOWN, 4 NOOP, 5 UP,
     6 RIGHT_DOWN, 7 RIGHT, 8 RIGHT_UP, 9 D, 10 A, 11 W, 12 S, 13 Q, 14 E); () = all 15. Many games treat several
     actions alike (fruitbot: LEFT_DOWN = LEFT = LEFT_UP), and a planner that samples among equivalent actions records
-    labels that no network can predict, which caps the true-action ceiling: e.g. fruitbot --action-set 1 4 7 9"""
+    labels that no network can predict. E.g. fruitbot --action-set 1 4 7 9 (measured: its ceiling stayed at random
+    level, so the planner's choice among distinct actions is not predictable either; experts/README.md)"""
     deterministic: bool = False
-    """the same candidate plans at every decision (the 15 constant plans, then random plans drawn once), no reuse of
+    """the same candidate plans at every decision (the constant plans, then random plans drawn once), no reuse of
     the previous plan and ties to the first candidate, so that the planner's choice depends on the current state (and
     the frames its episode has shown, through the novelty bonus) and not on fresh random draws (issue 11)"""
 
