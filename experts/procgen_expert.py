@@ -98,6 +98,7 @@ class Planner:
     def __init__(self, args, num_envs, rng):
         self.a, self.E, self.K, self.rng = args, num_envs, args.num_candidates, rng
         self.actions = np.array(args.action_set or range(NUM_ACTIONS))
+        self.const = np.repeat(self.actions[:, None], args.horizon, axis=1)  # one constant plan per action
         self.sim = procgen.ProcgenGym3Env(num=num_envs * self.K, env_name=args.env_id, distribution_mode="easy",
                                           num_levels=0, start_level=0, rand_seed=args.seed)
         self.plans = [self.random_plans(1)[0] for _ in range(num_envs)]
@@ -116,14 +117,13 @@ class Planner:
     def candidates(self, prev):
         """(K, H) plans: the previous best plan shifted, the constant plans (one per action), then random action-repeat
         plans."""
-        H, A = self.a.horizon, len(self.actions)
-        const = np.repeat(self.actions[:, None], H, axis=1)
+        A = len(self.actions)
         if self.a.deterministic:
             if self.fixed is None:
-                self.fixed = np.concatenate([const, self.random_plans(max(0, self.K - A))])[: self.K]
+                self.fixed = np.concatenate([self.const, self.random_plans(max(0, self.K - A))])[: self.K]
             return self.fixed
-        shifted = np.concatenate([prev[self.a.replan_every:], self.random_plans(1)[0]])[:H]
-        plans = np.concatenate([shifted[None], const, self.random_plans(max(0, self.K - 1 - A))])[: self.K]
+        shifted = np.concatenate([prev[self.a.replan_every:], self.random_plans(1)[0]])[: self.a.horizon]
+        plans = np.concatenate([shifted[None], self.const, self.random_plans(max(0, self.K - 1 - A))])[: self.K]
         return plans
 
     def plan(self, states):
