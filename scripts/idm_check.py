@@ -70,6 +70,9 @@ class Args:
     """train and hold out on these expert videos' windows and true actions (the first --transitions, in time order)
     instead of collecting random play: how well a supervised p can read the demonstrator's actions, the best case
     of the latent action model of stage 2 on the same data"""
+    action_repeat: int = -1
+    """DMControl/Metaworld: simulator steps per agent action in the random play (-1: bcvlr_continuous.py's default, 2
+    and 1); a larger repeat lets the action move the scene further between two frames"""
     reference_cnn: bool = False
     """instead of the learner's f and p, a plain CNN on the raw pixels of (o_t, o_{t+1}) (4 convs, 3 of stride 2, 32
     channels, MLP 256): not BCV-LR, a reference for whether the frames carry the action at this budget"""
@@ -94,7 +97,7 @@ def collect_procgen(bcvlr, args, rng):
 
 def collect_continuous(cont, args, rng):
     """Pairs (o_t, o_{t+1}) of frame stacks inside one episode with the random action a_t, in collection order."""
-    env = cont.make_env(args.env_id, args.seed)
+    env = cont.make_env(args.env_id, args.seed, args.action_repeat)
     dim = env.action_space.shape[0]
     obs, _ = env.reset(seed=args.seed)
     pairs, actions = [], []

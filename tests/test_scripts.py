@@ -40,6 +40,14 @@ def test_idm_check_continuous_chance_is_the_variance_of_uniform_actions():
     assert [c["update"] for c in res["curve"]] == [0, 1, 2]
 
 
+def test_idm_check_action_repeat_reaches_the_env():
+    # DMControl episodes are 1 000 simulator steps: 250 agent steps at action repeat 4 (500 at the default 2), and the
+    # pair that crosses an episode's end is dropped, so 260 random steps give one pair less with --action-repeat 4
+    pairs = lambda res: res["train_transitions"] + res["val_transitions"]  # noqa: E731
+    assert pairs(_idm_check(env_id="reacher_easy", transitions=260, updates=1, eval_every=1, batch_size=16, action_repeat=4)) == 259
+    assert pairs(_idm_check(env_id="reacher_easy", transitions=260, updates=1, eval_every=1, batch_size=16)) == 260
+
+
 def test_idm_check_unknown_env_is_one_line_error():
     with pytest.raises(SystemExit, match="error: unknown env id"):
         _idm_check(env_id="not-a-task", updates=1)
