@@ -259,8 +259,8 @@ def variant_name(args):
     """The name of what a run trains, as results.json and run_all.sh call it."""
     if args.true_action_bc:
         return "true_action_bc"
-    if args.labelled_video_transitions:
-        return "labelled_video"
+    if args.labelled_video_transitions:  # with p frozen too (--no-finetune-latent-actions): only d learns from the labels
+        return "labelled_video" if args.finetune_latent_actions else "labelled_video_no_finetune"
     return "bcvlr" if args.finetune_latent_actions else "no_finetune"
 
 

@@ -57,6 +57,12 @@ def test_network_shapes_and_paper_sizes():
     assert head.projector(feats.flatten(1)).shape == (2, 256)
 
 
+def test_variant_name_tells_every_control_apart():
+    names = [bcvlr.variant_name(bcvlr.Args(**kw)) for kw in (dict(), dict(finetune_latent_actions=False), dict(true_action_bc=True),
+             dict(labelled_video_transitions=10), dict(labelled_video_transitions=10, finetune_latent_actions=False))]
+    assert names == ["bcvlr", "no_finetune", "true_action_bc", "labelled_video", "labelled_video_no_finetune"]
+
+
 def test_random_shift_crop_variant_is_a_crop_of_the_padded_image():
     x = torch.arange(2 * 1 * 5 * 5, dtype=torch.float32).view(2, 1, 5, 5)
     padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="replicate")

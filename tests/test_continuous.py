@@ -107,6 +107,12 @@ def test_proto_loss_trains_encoder_and_normalises_prototypes():
     assert torch.allclose(ssl.target_encoder.convnet[0].weight, expected, atol=1e-6)
 
 
+def test_variant_name_tells_every_control_apart():
+    names = [bc.variant_name(bc.Args(**kw)) for kw in (dict(), dict(finetune_latent_actions=False), dict(true_action_bc=True),
+             dict(labelled_video_transitions=10), dict(labelled_video_transitions=10, finetune_latent_actions=False))]
+    assert names == ["bcvlr", "no_finetune", "true_action_bc", "labelled_video", "labelled_video_no_finetune"]
+
+
 def test_random_shift_crop_variant_is_a_crop_of_the_padded_image():
     x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
     assert torch.equal(bc.random_shift(x, 0, bilinear=False), x)
