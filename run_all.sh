@@ -9,7 +9,8 @@
 #   cpu:  measured on the 2-core CPU with 2-5 runs sharing it (README "Results", docs/results_cpu.md): the ceiling (true_action_bc) 2-3 min
 #         (DMC/Metaworld) and 9-13 min (Procgen); BCV-LR on coinrun (100k steps) 32 min, on point_mass_easy with
 #         40k frames 24 min (so about an hour with the paper's 100k), no_finetune on coinrun 9 min; BCV-LR on
-#         cup_catch (100k frames) 54 min and on drawer-open-v3 (50k steps) 63 min with 3-4 runs on the 2 cores.
+#         cup_catch (100k frames) 54 min, on faucet-close-v3 and drawer-open-v3 (50k steps) 58-63 min with 3-5 runs
+#         on the 2 cores; no_finetune 5-40 min.
 #         The whole cpu run (5 tasks x 3 seeds x 3 variants) has NOT been timed; from these numbers it would take
 #         many hours, well over the 150 minutes that issue 12 asks for.
 set -u

@@ -71,8 +71,8 @@ class Args:
     instead of collecting random play: how well a supervised p can read the demonstrator's actions, the best case
     of the latent action model of stage 2 on the same data"""
     action_repeat: int = -1
-    """DMControl/Metaworld: simulator steps per agent action in the random play (-1: bcvlr_continuous.py's default, 2
-    and 1); a larger repeat lets the action move the scene further between two frames"""
+    """DMControl/Metaworld: simulator steps per agent action in the random play (-1: bcvlr_continuous.py's default, 2 for
+    DMControl and 1 for Metaworld); a larger repeat lets the action move the scene further between two frames"""
     reference_cnn: bool = False
     """instead of the learner's f and p, a plain CNN on the raw pixels of (o_t, o_{t+1}) (4 convs, 3 of stride 2, 32
     channels, MLP 256): not BCV-LR, a reference for whether the frames carry the action at this budget"""
