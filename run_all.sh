@@ -6,7 +6,7 @@
 # Expected time per run (one variant of one task and seed):
 #   full: not measured here (no GPU on the development machine); the paper's code runs its online stage in about
 #         1 GPU-hour (shared/spec/algorithm.md section 8); the offline stages' time is not reported.
-#   cpu:  measured on the 2-core CPU with 2-5 runs sharing it (README "Results", docs/results_cpu.md): the ceiling (true_action_bc) 2-3 min
+#   cpu:  measured on the 2-core CPU with 2-5 runs sharing it (README "Results", docs/results_cpu.md): the ceiling (true_action_bc) 2-7 min
 #         (DMC/Metaworld) and 9-13 min (Procgen); BCV-LR on coinrun (100k steps) 32 min, on point_mass_easy with
 #         40k frames 24 min (so about an hour with the paper's 100k), no_finetune on coinrun 9 min; BCV-LR on
 #         cup_catch (100k frames) 54 min, on faucet-close-v3 and drawer-open-v3 (50k steps) 58-63 min with 3-5 runs
