@@ -381,3 +381,29 @@ def test_run_all_cpu_distils_the_planner_for_coinrun(tmp_path):
     r = run_all("cpu", "coinrun", env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert len(log.read_text().splitlines()) == len(calls) and len(expert_log.read_text().splitlines()) == 2
+
+
+def test_run_all_per_task_expert_flags(tmp_path):
+    """CPU_EXPERT_TASK_FLAGS appends a task's own expert flags to its suite's: finger_spin's cpu videos are DART-style
+    (--deterministic --action-noise 0.2), reacher_easy's (same suite) are not; an override from the environment wins."""
+    expert_log = tmp_path / "experts.jsonl"
+    env = dict(os.environ, PYTHON=str(make_fake_python(tmp_path)), OUT=str(tmp_path / "out"), DATA_DIR=str(tmp_path / "data"),
+               RESULTS=str(tmp_path / "res"), FAKE_LOG=str(tmp_path / "calls.jsonl"), FAKE_EXPERT_LOG=str(expert_log),
+               SEEDS="1", VARIANTS="bcvlr", WORKERS="1")
+    r = run_all("cpu", "finger_spin", "reacher_easy", env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    calls = {c["argv"][c["argv"].index("--env-id") + 1]: c["argv"] for c in map(json.loads, expert_log.read_text().splitlines())}
+    fs, re_ = calls["finger_spin"], calls["reacher_easy"]
+    assert fs[fs.index("--num-transitions") + 1] == "10000" and re_[re_.index("--num-transitions") + 1] == "10000"
+    assert "--deterministic" in fs and fs[fs.index("--action-noise") + 1] == "0.2"
+    assert "--deterministic" not in re_ and "--action-noise" not in re_
+    assert "--action-noise 0.2" in (tmp_path / "out" / "experts" / "finger_spin" / "cmd.txt").read_text()
+    # an override: a different noise for finger_spin, an entry for reacher_easy; fresh data folder so both re-record
+    env.update(DATA_DIR=str(tmp_path / "data2"), OUT=str(tmp_path / "out2"),
+               CPU_EXPERT_TASK_FLAGS="finger_spin=--action-noise 0.3; reacher_easy=--num-transitions 500")
+    r = run_all("cpu", "finger_spin", "reacher_easy", env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    calls = {c["argv"][c["argv"].index("--env-id") + 1]: c["argv"] for c in map(json.loads, expert_log.read_text().splitlines()[2:])}
+    fs, re_ = calls["finger_spin"], calls["reacher_easy"]
+    assert fs[fs.index("--action-noise") + 1] == "0.3" and "--deterministic" not in fs
+    assert re_[len(re_) - 1 - re_[::-1].index("--num-transitions") + 1] == "500"  # the task's entry comes last: it wins
