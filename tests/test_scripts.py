@@ -167,3 +167,48 @@ def test_idm_check_trains_on_expert_videos_in_both_suites(tmp_path, procgen_dir,
         (tmp_path / "noacts" / "train").mkdir(parents=True)
         np.savez(tmp_path / "noacts" / "train" / "0.npz", obs=np.zeros((40, 9, 64, 64), np.uint8))
         _idm_check(env_id="reacher_easy", video_dir=str(tmp_path / "noacts"), updates=1)
+
+
+def _save_model(path, learner, args, policy, decoder):
+    torch.save({"policy": policy.state_dict(), "decoder": decoder.state_dict(), "args": vars(args)}, path)
+
+
+def test_evaluate_script_reproduces_the_learners_own_evaluation(tmp_path):
+    """scripts/evaluate.py loads pi and d from a .cleanrl_model of either file and gets the returns that the learner's
+    own evaluate gives with the same networks and env seed; bad files are one-line errors."""
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import bcvlr
+    import bcvlr_continuous as cont
+    from evaluate import Args, main
+
+    torch.manual_seed(0)
+    a = cont.Args(**cont.CPU_SCALE, env_id="walker_walk", seed=3, action_repeat=2, max_episode_steps=15)
+    a.la_dim = a.vq_num_codebooks * a.vq_num_latents * a.vq_dim
+    policy = cont.LatentPolicy(cont.Encoder(9, a.encoder_channels, a.feature_pool), a, a.encoder_channels * 16 * 16)
+    decoder = cont.make_decoder(a.la_dim, 6)  # walker: 6 joints, a dense reward
+    torch.nn.init.normal_(decoder[-1].weight, std=1.0)  # actions far from 0, so that returns depend on the weights
+    _save_model(tmp_path / "c.cleanrl_model", cont, a, policy, decoder)
+    res = main(Args(model=str(tmp_path / "c.cleanrl_model"), episodes=3, out=str(tmp_path / "c.json")))
+    with torch.no_grad():
+        expected, _ = cont.evaluate(cont.make_env("walker_walk", 3, 2, 15), policy.eval(), decoder.eval(), "cpu", 3)
+    assert res["returns"] == [round(float(r), 2) for r in expected] and res["eval_seed"] == 3 and res["success_rate"] is None
+    decoder[-1].weight.data.neg_()  # other weights act otherwise: the returns above are those of the saved networks
+    _save_model(tmp_path / "c2.cleanrl_model", cont, a, policy, decoder)
+    assert main(Args(model=str(tmp_path / "c2.cleanrl_model"), episodes=3))["returns"] != res["returns"]
+    assert json.loads((tmp_path / "c.json").read_text())["episodes"] == 3
+
+    b = bcvlr.Args(**bcvlr.CPU_SCALE, env_id="coinrun", seed=5)
+    b.la_dim = b.vq_num_codebooks * b.vq_num_latents * b.vq_dim
+    policy, decoder = bcvlr.LatentPolicy(bcvlr.Encoder(b.encoder_channels, b.feature_pool), b), bcvlr.make_decoder(b.la_dim)
+    _save_model(tmp_path / "p.cleanrl_model", bcvlr, b, policy, decoder)
+    res = main(Args(model=str(tmp_path / "p.cleanrl_model"), episodes=2))
+    torch.manual_seed(5 + 1_000_003)
+    with torch.no_grad():
+        expected = bcvlr.evaluate(policy.eval(), decoder.eval(), "coinrun", 2, 5 + 1_000_003, "cpu")
+    assert res["returns"] == [round(float(r), 2) for r in expected] and res["eval_seed"] == 5 + 1_000_003
+
+    with pytest.raises(SystemExit, match="error: no model file at"):
+        main(Args(model=str(tmp_path / "missing.cleanrl_model")))
+    torch.save({"encoder": {}, "args": {}}, tmp_path / "offline.pt")
+    with pytest.raises(SystemExit, match="is not a .cleanrl_model of bcvlr.py or bcvlr_continuous.py"):
+        main(Args(model=str(tmp_path / "offline.pt")))
