@@ -23,7 +23,8 @@ import numpy as np
 import torch
 import tyro
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "experts")]  # the learners; experts/policy_expert.py's loader of bcvlr.py models
 
 
 @dataclass
@@ -45,26 +46,30 @@ def load(path):
     """(learner module, the run's args, pi, d) from a .cleanrl_model; a one-line error for anything else."""
     if not os.path.isfile(path):
         raise SystemExit(f"error: no model file at {path}")
+    error = f"error: {path} is not a .cleanrl_model of bcvlr.py or bcvlr_continuous.py"
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
         run = argparse.Namespace(**ckpt["args"])
-        if hasattr(run, "action_repeat"):  # bcvlr_continuous.py
-            import bcvlr_continuous as learner
+        policy_state, decoder_state = ckpt["policy"], ckpt["decoder"]
+    except Exception as e:
+        raise SystemExit(f"{error} ({type(e).__name__}: {e})")
+    if not hasattr(run, "action_repeat"):  # bcvlr.py: the loader that experts/policy_expert.py records such models with
+        from policy_expert import bcvlr, load_policy
 
-            size = 32 // run.feature_pool
-            encoder = learner.Encoder(9, run.encoder_channels, run.feature_pool)
-            policy = learner.LatentPolicy(encoder, run, run.encoder_channels * size * size)
-            act_dim = [w for w in ckpt["decoder"].values() if w.dim() == 2][-1].shape[0]  # d's last Linear
-            decoder = learner.make_decoder(run.la_dim, act_dim)
-        else:  # bcvlr.py
-            import bcvlr as learner
+        policy, decoder, run = load_policy(path)
+        return bcvlr, run, policy, decoder
+    import bcvlr_continuous as learner
 
-            policy = learner.LatentPolicy(learner.Encoder(run.encoder_channels, run.feature_pool), run)
-            decoder = learner.make_decoder(run.la_dim)
-        policy.load_state_dict(ckpt["policy"])
-        decoder.load_state_dict(ckpt["decoder"])
-    except Exception as e:  # a file of another kind, or of a run with other shapes
-        raise SystemExit(f"error: {path} is not a .cleanrl_model of bcvlr.py or bcvlr_continuous.py ({type(e).__name__}: {e})")
+    try:
+        size = 32 // run.feature_pool
+        policy = learner.LatentPolicy(learner.Encoder(9, run.encoder_channels, run.feature_pool), run,
+                                      run.encoder_channels * size * size)
+        act_dim = [w for w in decoder_state.values() if w.dim() == 2][-1].shape[0]  # d's last Linear
+        decoder = learner.make_decoder(run.la_dim, act_dim)
+        policy.load_state_dict(policy_state)
+        decoder.load_state_dict(decoder_state)
+    except Exception as e:  # a run with other shapes, or a file of another kind
+        raise SystemExit(f"{error} ({type(e).__name__}: {e})")
     return learner, run, policy.eval(), decoder.eval()
 
 
