@@ -532,6 +532,12 @@ any_failed=0
 # ---- step 1: expert videos ----
 need=()
 for t in "${TASKS[@]}"; do [ -f "$DATA_DIR/$t/info.json" ] || need+=("$t"); done
+for t in "${TASKS[@]}"; do  # videos made earlier are used as they are, whatever flags made them
+    [ -f "$DATA_DIR/$t/info.json" ] || continue
+    own="$(flags_for "$SCALE" "$(suite_of "$t")" expert "$t")"
+    [ "$own" = "$(flags_for "$SCALE" "$(suite_of "$t")" expert)" ] ||
+        echo "note: $t: using the videos already in $DATA_DIR/$t; this scale makes them with: $own (check its info.json)"
+done
 if [ "${#need[@]}" -gt 0 ]; then
     echo "== step 1: expert videos for ${#need[@]} task(s): ${need[*]}"
     printf '%s\n' "${need[@]}" | xargs -P "$WORKERS" -I{} bash "$REPO/run_all.sh" __expert "$SCALE" {}
