@@ -407,7 +407,7 @@ def test_run_all_per_task_expert_flags(tmp_path):
     fs, re_ = calls["finger_spin"], calls["reacher_easy"]
     assert fs[fs.index("--action-noise") + 1] == "0.3" and "--deterministic" not in fs
     assert re_[len(re_) - 1 - re_[::-1].index("--num-transitions") + 1] == "500"  # the task's entry comes last: it wins
-    # a third run finds both folders: nothing is recorded, and finger_spin's own flags are named, reacher_easy's not
+    # a third run finds both folders: nothing is recorded, and each task's own flags (both have an entry now) are named
     r = run_all("cpu", "finger_spin", "reacher_easy", env=env, cwd=tmp_path)
     assert r.returncode == 0 and len(expert_log.read_text().splitlines()) == 4, r.stdout + r.stderr
     assert "note: finger_spin: using the videos already in" in r.stdout and "--action-noise 0.3" in r.stdout

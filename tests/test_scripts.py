@@ -169,7 +169,7 @@ def test_idm_check_trains_on_expert_videos_in_both_suites(tmp_path, procgen_dir,
         _idm_check(env_id="reacher_easy", video_dir=str(tmp_path / "noacts"), updates=1)
 
 
-def _save_model(path, learner, args, policy, decoder):
+def _save_model(path, args, policy, decoder):
     torch.save({"policy": policy.state_dict(), "decoder": decoder.state_dict(), "args": vars(args)}, path)
 
 
@@ -187,20 +187,20 @@ def test_evaluate_script_reproduces_the_learners_own_evaluation(tmp_path):
     policy = cont.LatentPolicy(cont.Encoder(9, a.encoder_channels, a.feature_pool), a, a.encoder_channels * 16 * 16)
     decoder = cont.make_decoder(a.la_dim, 6)  # walker: 6 joints, a dense reward
     torch.nn.init.normal_(decoder[-1].weight, std=1.0)  # actions far from 0, so that returns depend on the weights
-    _save_model(tmp_path / "c.cleanrl_model", cont, a, policy, decoder)
+    _save_model(tmp_path / "c.cleanrl_model", a, policy, decoder)
     res = main(Args(model=str(tmp_path / "c.cleanrl_model"), episodes=3, out=str(tmp_path / "c.json")))
     with torch.no_grad():
         expected, _ = cont.evaluate(cont.make_env("walker_walk", 3, 2, 15), policy.eval(), decoder.eval(), "cpu", 3)
     assert res["returns"] == [round(float(r), 2) for r in expected] and res["eval_seed"] == 3 and res["success_rate"] is None
     decoder[-1].weight.data.neg_()  # other weights act otherwise: the returns above are those of the saved networks
-    _save_model(tmp_path / "c2.cleanrl_model", cont, a, policy, decoder)
+    _save_model(tmp_path / "c2.cleanrl_model", a, policy, decoder)
     assert main(Args(model=str(tmp_path / "c2.cleanrl_model"), episodes=3))["returns"] != res["returns"]
     assert json.loads((tmp_path / "c.json").read_text())["episodes"] == 3
 
     b = bcvlr.Args(**bcvlr.CPU_SCALE, env_id="coinrun", seed=5)
     b.la_dim = b.vq_num_codebooks * b.vq_num_latents * b.vq_dim
     policy, decoder = bcvlr.LatentPolicy(bcvlr.Encoder(b.encoder_channels, b.feature_pool), b), bcvlr.make_decoder(b.la_dim)
-    _save_model(tmp_path / "p.cleanrl_model", bcvlr, b, policy, decoder)
+    _save_model(tmp_path / "p.cleanrl_model", b, policy, decoder)
     res = main(Args(model=str(tmp_path / "p.cleanrl_model"), episodes=2))
     torch.manual_seed(5 + 1_000_003)
     with torch.no_grad():
