@@ -330,6 +330,25 @@ def test_end_to_end_determinism_checkpoint_and_video(tmp_path, procgen_dir):
     assert json.load(open(os.path.join(_results(tmp_path / "c")[0], "results.json")))["env_steps"] == 512
 
 
+def test_world_model_tile_conv_equals_the_conv_of_the_built_tile():
+    # w's first conv reads cat(ctx, la_q tiled over the image); conv3x3_with_tile never builds the tile: same output
+    # and same gradients (to float rounding) as F.conv2d on the explicit concatenation, at odd sizes and edges too
+    torch.manual_seed(0)
+    conv = nn.Conv2d(5 + 7, 6, 3, padding=1)
+    for h, w in [(1, 1), (2, 5), (9, 9)]:
+        ctx, v = torch.randn(3, 5, h, w, requires_grad=True), torch.randn(3, 7, requires_grad=True)
+        ref = F.conv2d(torch.cat([ctx, v[:, :, None, None].expand(-1, -1, h, w)], 1), conv.weight, conv.bias, padding=1)
+        out = bcvlr.conv3x3_with_tile(conv, ctx, v)
+        assert out.shape == ref.shape and torch.allclose(out, ref, atol=1e-5)
+        g = torch.randn_like(ref)
+        grads_ref = torch.autograd.grad(ref, (ctx, v, conv.weight, conv.bias), g)
+        grads = torch.autograd.grad(out, (ctx, v, conv.weight, conv.bias), g)
+        for a, b in zip(grads, grads_ref):
+            assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+    wrong = bcvlr.conv3x3_with_tile(conv, ctx, v.flip(0))  # the tile is per sample: another sample's la_q changes the output
+    assert not torch.allclose(wrong, out, atol=1e-3)
+
+
 def test_world_model_output_bound_is_a_switch():
     # official: tanh/2 in [-0.5, 0.5]; `--no-wm-tanh`: linear, so w can fit f-features outside that range
     torch.manual_seed(0)

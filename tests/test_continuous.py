@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 ROOT = Path(__file__).resolve().parents[1]
@@ -188,6 +189,25 @@ def test_idm_and_unet_shapes():
     out = w(feat, la_q)
     assert out.shape == (4, 32, 32, 32) and out.abs().max() <= 0.5
     assert 1.8e6 < sum(x.numel() for x in w.parameters()) < 2.4e6  # spec: about 2.1 M parameters
+
+
+def test_world_model_tile_conv_equals_the_conv_of_the_built_tile():
+    # w's first conv reads cat(ctx, la_q tiled over the image); conv3x3_with_tile never builds the tile: same output
+    # and same gradients (to float rounding) as F.conv2d on the explicit concatenation, at odd sizes and edges too
+    torch.manual_seed(0)
+    conv = nn.Conv2d(5 + 7, 6, 3, padding=1)
+    for h, w in [(1, 1), (2, 5), (9, 9)]:
+        ctx, v = torch.randn(3, 5, h, w, requires_grad=True), torch.randn(3, 7, requires_grad=True)
+        ref = F.conv2d(torch.cat([ctx, v[:, :, None, None].expand(-1, -1, h, w)], 1), conv.weight, conv.bias, padding=1)
+        out = bc.conv3x3_with_tile(conv, ctx, v)
+        assert out.shape == ref.shape and torch.allclose(out, ref, atol=1e-5)
+        g = torch.randn_like(ref)
+        grads_ref = torch.autograd.grad(ref, (ctx, v, conv.weight, conv.bias), g)
+        grads = torch.autograd.grad(out, (ctx, v, conv.weight, conv.bias), g)
+        for a, b in zip(grads, grads_ref):
+            assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+    wrong = bc.conv3x3_with_tile(conv, ctx, v.flip(0))  # the tile is per sample: another sample's la_q changes the output
+    assert not torch.allclose(wrong, out, atol=1e-3)
 
 
 def test_latent_action_usage_reads_zero_when_the_latent_is_unused():
