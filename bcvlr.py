@@ -737,12 +737,36 @@ def latent_action_usage(idm, wm, feats):
     return usage, la.std(0).mean()
 
 
-def bc_loss(policy, idm, feats):
+def bc_loss(policy, idm, feats, target=None):
     """Eq. L_bc (poster): ||pi(o_t) - sg z_t||^2 with z_t = p's pre-VQ latent action of the window [B, 3, C, H, W];
-    pi reads f(o_t) from the window (its frozen f is a copy of f, so this equals pi(o_t))."""
-    with torch.no_grad():
-        target = idm.latent_action(feats)
-    return F.mse_loss(policy.from_features(feats[:, -2]), target)  # o_t, the frame before the transition
+    pi reads f(o_t) from the window (its frozen f is a copy of f, so this equals pi(o_t)). With `target` (z_t from
+    label_windows), feats is f(o_t) alone [B, C, H, W]."""
+    if target is None:
+        with torch.no_grad():
+            target = idm.latent_action(feats)
+        feats = feats[:, -2]  # o_t, the frame before the transition
+    return F.mse_loss(policy.from_features(feats), target)
+
+
+@torch.no_grad()
+def label_windows(idm, encoder, obs, starts, device, cache, num_samples):
+    """p's latent action z of every video window, computed once for the BC updates that follow while p is fixed
+    (stage 3; a re-cloning round), when they draw at least as many windows as there are: exact, the same z (test),
+    and those updates then run pi alone. [N, la_dim] indexed by window start; None (z per batch) otherwise."""
+    if num_samples < len(starts):
+        return None
+    labels = torch.zeros(len(obs), idm.trunk.head[-1].out_features, device=device)
+    for s in starts.split(256):
+        labels[s.to(device)] = idm.latent_action(window_features(encoder, obs, s, device, cache))
+    return labels
+
+
+def bc_batch(encoder, obs, starts, batch_size, device, cache, labels):
+    """a batch for bc_loss: window features (p labels them), or with labels f(o_t) and the windows' stored z."""
+    idx = sample_starts(starts, batch_size)
+    if labels is None:
+        return window_features(encoder, obs, idx, device, cache), None
+    return window_features(encoder, obs, idx + 1, device, cache, window=1)[:, 0], labels[idx.to(labels.device)]
 
 
 def finetune_loss(idm, wm, decoder, feats, actions, wm_coef, finetune_idm=True):
@@ -1024,9 +1048,11 @@ if __name__ == "__main__":
     if stages_done < 3:
         t = time.time()
         bc_optimizer = torch.optim.AdamW(policy.trunk.parameters(), lr=args.bc_lr)
+        with amp():
+            labels = label_windows(idm, encoder, obs, starts, device, cache, args.bc_steps * args.bc_batch_size)
         for step in (pbar := trange(args.bc_steps, desc="stage 3: latent behaviour cloning")):
             with amp():
-                loss = bc_loss(policy, idm, window_features(encoder, obs, sample_starts(starts, args.bc_batch_size), device, cache))
+                loss = bc_loss(policy, idm, *bc_batch(encoder, obs, starts, args.bc_batch_size, device, cache, labels))
             bc_optimizer.zero_grad()
             loss.backward()
             bc_optimizer.step()
@@ -1141,9 +1167,11 @@ if __name__ == "__main__":
                 writer.add_scalar("diagnostics/decoded_action_accuracy", acc, global_step)
 
             # (c) re-clone pi onto the (fine-tuned) latent actions of the videos
+            with amp():  # p may have changed (fine-tuned) since the last labels
+                labels = label_windows(idm, encoder, obs, starts, device, cache, args.online_bc_updates * args.bc_batch_size)
             for _ in range(args.online_bc_updates):
                 with amp():
-                    loss = bc_loss(policy, idm, window_features(encoder, obs, sample_starts(starts, args.bc_batch_size), device, cache))
+                    loss = bc_loss(policy, idm, *bc_batch(encoder, obs, starts, args.bc_batch_size, device, cache, labels))
                 bc_optimizer.zero_grad()
                 loss.backward()
                 bc_optimizer.step()

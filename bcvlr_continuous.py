@@ -380,6 +380,7 @@ class VideoData:
         self.ep_returns = np.concatenate([c["ep_returns"] for c in chunks]) if has_ret else None
         self.valid = np.flatnonzero(~self.done)  # [M] indices i of usable pairs (i, i+1)
         self.feats = None  # f-features of every frame [N, C, H, W], once `cache_features` has run
+        self.labels = None  # p's latent action of every pair [N, la_dim], while `label` holds them
 
     def video_return(self):
         """Mean episode return of the videos (from `ep_returns` at each episode's last frame), or None if unknown."""
@@ -397,6 +398,25 @@ class VideoData:
         if self.feats is None:
             return encode_window(encoder, self.windows(idx, device, frames))
         return self.feats[torch.from_numpy(idx[:, None] + np.arange(frames)).to(self.feats.device)].to(device)
+
+    @torch.no_grad()
+    def label(self, idm, encoder, device, num_samples):
+        """p's latent action z of every pair, computed once for the BC updates that follow while p is fixed (stage 3; a
+        re-cloning round), when they draw at least as many pairs as there are: exact, the same z (test), and those
+        updates then run pi alone. `labels` [N, la_dim] indexed by pair start; None (z per batch) otherwise."""
+        self.labels = None
+        if num_samples < len(self.valid):
+            return
+        self.labels = torch.zeros(len(self.obs), idm.trunk.head[-1].out_features, device=device)
+        for i in np.array_split(self.valid, range(256, len(self.valid), 256)):
+            self.labels[torch.from_numpy(i).to(device)] = idm.latent_action(self.window_features(i, encoder, device))
+
+    def bc_batch(self, batch_size, rng, encoder, device):
+        """a batch for bc_loss: window features (p labels them), or with labels f(o_t) and the pairs' stored z."""
+        idx = self.sample(batch_size, rng)
+        if self.labels is None:
+            return self.window_features(idx, encoder, device), None
+        return self.window_features(idx, encoder, device, frames=1)[:, 0], self.labels[torch.from_numpy(idx).to(device)]
 
     @torch.no_grad()
     def cache_features(self, encoder, device, max_gb):
@@ -798,12 +818,15 @@ def latent_action_usage(idm, wm, feats):
     return usage, la.std(0).mean()
 
 
-def bc_loss(policy, idm, feats):
+def bc_loss(policy, idm, feats, target=None):
     """Eq. L_bc (poster): ||pi(o_t) - sg z_t||^2 with z_t = p's pre-VQ latent action of the window [B, 2, C, H, W];
-    pi reads f(o_t) from the window (its frozen f is a copy of f, so this equals pi(o_t))."""
-    with torch.no_grad():
-        target = idm.latent_action(feats)
-    return F.mse_loss(policy.from_features(feats[:, -2]), target)  # o_t, the frame before the transition
+    pi reads f(o_t) from the window (its frozen f is a copy of f, so this equals pi(o_t)). With `target` (z_t from
+    VideoData.label), feats is f(o_t) alone [B, C, H, W]."""
+    if target is None:
+        with torch.no_grad():
+            target = idm.latent_action(feats)
+        feats = feats[:, -2]  # o_t, the frame before the transition
+    return F.mse_loss(policy.from_features(feats), target)
 
 
 def finetune_loss(idm, wm, decoder, feats, actions, wm_coef, finetune_idm=True):
@@ -1084,9 +1107,11 @@ if __name__ == "__main__":
     if stages_done < 3:
         t = time.time()
         bc_optimizer = torch.optim.AdamW(policy.trunk.parameters(), lr=args.bc_lr)
+        with amp():
+            offline_videos.label(idm, encoder, device, args.bc_steps * args.bc_batch_size)
         for step in (pbar := trange(args.bc_steps, desc="stage 3: latent behaviour cloning")):
             with amp():
-                loss = bc_loss(policy, idm, offline_videos.window_features(offline_videos.sample(args.bc_batch_size, rng), encoder, device))
+                loss = bc_loss(policy, idm, *offline_videos.bc_batch(args.bc_batch_size, rng, encoder, device))
             bc_optimizer.zero_grad()
             loss.backward()
             bc_optimizer.step()
@@ -1179,9 +1204,11 @@ if __name__ == "__main__":
                                       F.mse_loss(decoder(policy.from_features(feats[:, 0])), ta).item(), global_step)
 
             # (c) re-clone pi onto the (fine-tuned) latent actions of the videos
+            with amp():  # p may have changed (fine-tuned) since the last labels
+                own_videos.label(idm, encoder, device, args.online_bc_updates * args.online_bc_batch_size)
             for _ in range(args.online_bc_updates):
                 with amp():
-                    loss = bc_loss(policy, idm, own_videos.window_features(own_videos.sample(args.online_bc_batch_size, rng), encoder, device))
+                    loss = bc_loss(policy, idm, *own_videos.bc_batch(args.online_bc_batch_size, rng, encoder, device))
                 bc_optimizer.zero_grad()
                 loss.backward()
                 bc_optimizer.step()

@@ -200,11 +200,22 @@ def bench_procgen(m, la, args, device):
         nn.utils.clip_grad_norm_(list(idm.parameters()) + list(wm.parameters()), la.lam_grad_clip)
         lam_opt.step()
 
-    def bc(c, key="bc", opt=bc_opt):
-        loss = m.bc_loss(policy, idm, m.window_features(encoder, obs, m.sample_starts(starts, bs[key]), device, c))
+    def bc(c, key="bc", opt=bc_opt, labels=None):
+        loss = m.bc_loss(policy, idm, *m.bc_batch(encoder, obs, starts, bs[key], device, c, labels))
         opt.zero_grad()
         loss.backward()
         opt.step()
+
+    def bc_labels(c, key):  # the run's rule (label_windows): p labels every video window once when the BC updates of
+        # stage 3 / a re-cloning round draw at least as many; the labelling, timed on 256 windows, is amortised per sample
+        n = (la.bc_steps if key == "bc" else la.online_bc_updates) * la.bc_batch_size
+        if n < video_frames:
+            return None, 0.0
+        sync(device)
+        t = time.perf_counter()
+        part = m.label_windows(idm, encoder, obs, starts[:256], device, c, num_samples=n)
+        sync(device)
+        return part, (time.perf_counter() - t) / min(256, len(starts)) * video_frames / n
 
     # the online replay (frames, or their f-features when they fit), filled with the videos' windows
     rb_n = min(la.buffer_size, len(starts), 512)
@@ -236,16 +247,20 @@ def bench_procgen(m, la, args, device):
                 fn = lambda: lam(cache if c else None)  # noqa: E731
             elif name == "bc":
                 idm.eval()
-                fn = lambda: bc(cache if c else None)  # noqa: E731
+                labels, label_s = bc_labels(cache if c else None, "bc")
+                fn = lambda: bc(cache if c else None, labels=labels)  # noqa: E731
             elif name == "ft":
                 idm.train(la.finetune_latent_actions)
                 wm.requires_grad_(False)  # w is a fixed critic online
                 fn = lambda: ft(c)  # noqa: E731
             else:
                 idm.eval()
-                fn = lambda: bc(cache if c else None, "reclone", reclone_opt)  # noqa: E731
+                labels, label_s = bc_labels(cache if c else None, "reclone")
+                fn = lambda: bc(cache if c else None, "reclone", reclone_opt, labels)  # noqa: E731
             rows.append(dict(update=name, batch_size=bs[name], cached=bool(c), run_path=bool(c == run_cached),
                              seconds=time_update(fn, device, args.warmup, args.iters)))
+            if name in ("bc", "reclone"):
+                rows[-1].update(stored_labels=labels is not None, label_seconds_per_sample=label_s)
 
     envs = []
     if args.env_steps > 0:
@@ -373,10 +388,25 @@ def bench_continuous(m, la, args, device):
         lam_opt.step()
 
     def bc(key="bc", opt=bc_opt):
-        loss = m.bc_loss(policy, idm, videos.window_features(videos.sample(bs[key], rng), encoder, device))
+        loss = m.bc_loss(policy, idm, *videos.bc_batch(bs[key], rng, encoder, device))
         opt.zero_grad()
         loss.backward()
         opt.step()
+
+    def bc_labels(key):  # the run's rule (VideoData.label): p labels every video pair once when the BC updates of
+        # stage 3 / a re-cloning round draw at least as many; the labelling, timed on 256 pairs, is amortised per sample
+        n = la.bc_steps * la.bc_batch_size if key == "bc" else la.online_bc_updates * la.online_bc_batch_size
+        videos.labels = None
+        if n < video_frames:
+            return 0.0
+        valid = videos.valid
+        videos.valid = valid[:256]
+        sync(device)
+        t = time.perf_counter()
+        videos.label(idm, encoder, device, num_samples=n)
+        sync(device)
+        videos.valid = valid
+        return (time.perf_counter() - t) / min(256, len(valid)) * video_frames / n
 
     def ft(rb):  # the run's loop body of (b): L_ft on the agent's replay; d, p and w stepped
         feats, actions = rb.sample(bs["ft"], rng, device, encoder)
@@ -402,16 +432,20 @@ def bench_continuous(m, la, args, device):
                 fn = lam
             elif name == "bc":
                 idm.eval(), wm.eval()
+                label_s = bc_labels("bc")
                 fn = bc
             elif name == "ft":
                 idm.train(la.finetune_latent_actions), wm.train(la.finetune_latent_actions)
                 fn = lambda: ft(replays[c])  # noqa: E731
             else:
                 idm.eval(), wm.eval()
+                label_s = bc_labels("reclone")
                 fn = lambda: bc("reclone", reclone_opt)  # noqa: E731
             rows.append(dict(update=name, batch_size=bs[name], cached=bool(c), run_path=bool(c == run_cached),
                              seconds=time_update(fn, device, args.warmup, args.iters)))
-        videos.feats = feats_cache
+            if name in ("bc", "reclone"):
+                rows[-1].update(stored_labels=videos.labels is not None, label_seconds_per_sample=label_s)
+        videos.feats, videos.labels = feats_cache, None
 
     envs = []
     if args.env_steps > 0:
@@ -465,7 +499,7 @@ def main(argv=None):
         rows, env_rows, info = bench_continuous(m, la, args, device)
     for r in rows:
         r["ms_per_update"] = 1e3 * r.pop("seconds")
-        r["ms_per_sample"] = r["ms_per_update"] / r["batch_size"]
+        r["ms_per_sample"] = r["ms_per_update"] / r["batch_size"] + 1e3 * r.get("label_seconds_per_sample", 0.0)
         r["samples_per_s"] = 1e3 / r["ms_per_sample"]
         if args.file == "bcvlr" and args.scale == "paper" and device.type == "cpu" and r["update"] in OFFICIAL_CPU_MS:
             r["official_cpu_ms_per_sample"] = OFFICIAL_CPU_MS[r["update"]]
@@ -487,7 +521,7 @@ def main(argv=None):
     print(f"| update | batch | cached | ms/update | ms/sample | samples/s |" + (" official ms/sample | speed-up |" if any("official_cpu_ms_per_sample" in r for r in rows) else ""))
     print("|---|---|---|---|---|---|" + ("---|---|" if any("official_cpu_ms_per_sample" in r for r in rows) else ""))
     for r in rows:
-        line = (f"| {r['update']} | {r['batch_size']} | {'yes' if r['cached'] else 'no'}{'' if r.get('run_path', True) else ' (not the run path)'} "
+        line = (f"| {r['update']} | {r['batch_size']} | {'yes' if r['cached'] else 'no'}{', z stored' if r.get('stored_labels') else ''}{'' if r.get('run_path', True) else ' (not the run path)'} "
                 f"| {r['ms_per_update']:.1f} | {r['ms_per_sample']:.2f} | {r['samples_per_s']:.0f} |")
         if "official_cpu_ms_per_sample" in r:
             line += f" {r['official_cpu_ms_per_sample']} | {r['speedup_vs_official']:.2f}x |"

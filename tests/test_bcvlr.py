@@ -213,6 +213,30 @@ def test_cached_features_equal_uncached(procgen_data):
     assert bcvlr.cache_features(enc, obs, "cpu", max_gb=1e-6) is None  # over the limit: batches are encoded as drawn
 
 
+def test_stored_labels_give_the_same_bc_loss_as_labels_per_batch(procgen_data):
+    # while p is fixed, z = p(window) of every video window is computed once (label_windows): same BC batches, same loss
+    torch.manual_seed(0)
+    obs = torch.from_numpy(procgen_data["obs"][:60])
+    starts = torch.from_numpy(bcvlr.window_starts(np.arange(60) % 20 == 19))
+    a = args_of(encoder_channels=2, impala_scale=1, feature_pool=4)
+    enc = Encoder(2, pool=4).requires_grad_(False)
+    idm, pi = IDM(a).eval(), LatentPolicy(enc, a)
+    assert bcvlr.label_windows(idm, enc, obs, starts, "cpu", None, num_samples=len(starts) - 1) is None  # cheaper per batch
+    for cache in (None, bcvlr.cache_features(enc, obs, "cpu", max_gb=1.0)):
+        labels = bcvlr.label_windows(idm, enc, obs, starts, "cpu", cache, num_samples=len(starts))
+        losses = []
+        for lab in (None, labels):
+            torch.manual_seed(1)  # the same windows drawn
+            feats, target = bcvlr.bc_batch(enc, obs, starts, 16, "cpu", cache, lab)
+            assert (target is None) == (lab is None) and feats.ndim == (5 if lab is None else 4)
+            losses.append(bc_loss(pi, idm, feats, target))
+        assert losses[0].item() > 0 and torch.allclose(losses[0], losses[1], rtol=1e-5, atol=1e-7)
+    with torch.no_grad():  # a p that moved: the stored labels are stale, the loss differs (so the test can fail)
+        idm.trunk.head[-1].bias.add_(1.0)
+    torch.manual_seed(1)
+    assert not torch.allclose(bc_loss(pi, idm, *bcvlr.bc_batch(enc, obs, starts, 16, "cpu", cache, None)), losses[1])
+
+
 def test_window_masking_at_episode_ends():
     done = np.array([0, 0, 0, 1, 0, 0, 1, 0, 0, 0], dtype=bool)  # episodes: frames 0-3, 4-6, 7-9
     starts = window_starts(done)

@@ -270,6 +270,35 @@ def test_cached_features_equal_uncached():
     assert videos.feats is None
 
 
+def test_stored_labels_give_the_same_bc_loss_as_labels_per_batch():
+    # while p is fixed, z = p(o_t, o_{t+1}) of every video pair is computed once (VideoData.label): same batches, same loss
+    torch.manual_seed(0)
+    obs = np.random.default_rng(0).integers(0, 256, size=(40, 9, 64, 64), dtype=np.uint8)
+    videos = bc.VideoData([dict(obs=obs, done=np.arange(40) % 20 == 19, ta=None, ep_returns=None)])
+    a = bc.Args(encoder_channels=4, feature_pool=2, impala_scale=1, policy_hidden=32, la_dim=128)
+    enc = bc.Encoder(9, 4, pool=2).requires_grad_(False)
+    idm, pi = bc.IDM(a, (4, 16, 16)).eval(), bc.LatentPolicy(enc, a, 4 * 16 * 16)
+    videos.label(idm, enc, "cpu", num_samples=len(videos.valid) - 1)
+    assert videos.labels is None  # fewer samples than pairs: labels per batch are cheaper
+    for cache in (False, True):
+        if cache:
+            videos.cache_features(enc, "cpu", max_gb=1.0)
+        losses = []
+        for stored in (False, True):
+            videos.labels = None
+            if stored:
+                videos.label(idm, enc, "cpu", num_samples=len(videos.valid))
+                assert videos.labels.shape == (40, 128)
+            feats, target = videos.bc_batch(16, np.random.default_rng(1), enc, "cpu")  # the same pairs drawn
+            assert (target is None) != stored and feats.ndim == (4 if stored else 5)
+            losses.append(bc.bc_loss(pi, idm, feats, target))
+        assert losses[0].item() > 0 and torch.allclose(losses[0], losses[1], rtol=1e-5, atol=1e-7)
+    with torch.no_grad():  # a p that moved: the stored labels are stale, the loss differs (so the test can fail)
+        idm.trunk.head[-1].bias.add_(1.0)
+    videos.labels = None
+    assert not torch.allclose(bc.bc_loss(pi, idm, *videos.bc_batch(16, np.random.default_rng(1), enc, "cpu")), losses[1])
+
+
 def test_decoder_and_exploration_noise():
     d = bc.make_decoder(128, 6)
     assert d(torch.randn(5, 128)).shape == (5, 6)

@@ -31,7 +31,11 @@ def check_rows(result, uncached):
         assert r["batch_size"] == 4
         for k in ("ms_per_update", "ms_per_sample", "samples_per_s"):
             assert math.isfinite(r[k]) and r[k] > 0, (r, k)
-        assert r["ms_per_sample"] == pytest.approx(r["ms_per_update"] / 4)
+        # BC rows: plus p's labelling of every window, amortised, where the run stores the labels (label_windows)
+        assert r["ms_per_sample"] == pytest.approx(r["ms_per_update"] / 4 + 1e3 * r.get("label_seconds_per_sample", 0.0))
+        assert (r.get("label_seconds_per_sample", 0.0) > 0) == bool(r.get("stored_labels"))
+    bc_rows = [r for r in result["updates"] if r["update"] in ("bc", "reclone")]
+    assert all("stored_labels" in r for r in bc_rows)
     for e in result["env"]:
         assert math.isfinite(e["steps_per_s"]) and e["steps_per_s"] > 0 and e["env_steps"] > 0
 
@@ -45,6 +49,8 @@ def test_bench_procgen_tiny(tmp_path):
     assert saved["file"] == "bcvlr" and saved["device"] == "cpu" and saved["threads"] == 1
     assert saved["feature_shape"] == [4, 16, 16]  # --scale cpu pools by 4; --set changed the channels
     assert saved["video_cache"] is True  # 50k frames x 4x16x16 floats fit the 4 GB cap: the run uses the cache
+    stored = {r["update"]: r["stored_labels"] for r in saved["updates"] if r.get("run_path", True) and "stored_labels" in r}
+    assert stored == {"bc": True, "reclone": False}  # 2 000 x 64 BC samples >= 50k windows; 100 x 64 re-clone < 50k
     check_rows(saved, uncached=True)
     assert [e["env"].split("(")[-1] for e in saved["env"]] == ["random)", "acting)"]
     assert saved["updates"] == res["updates"]
