@@ -80,6 +80,27 @@ def test_bench_bad_arguments():
         bench.main(["--updates", "ssl", "nope", "--env-steps", "0"])
 
 
+def test_bench_official_needs_a_checkout(tmp_path):
+    import bench_official
+
+    with pytest.raises(SystemExit, match="no models.py there"):
+        bench_official.main(["--official-dir", str(tmp_path)])
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(os.environ.get("BCVLR_OFFICIAL_DIR", "/nonexistent"), "models.py")),
+                    reason="needs a checkout of liuxin0824/BCV-LR-discrete in $BCVLR_OFFICIAL_DIR")
+def test_bench_official_side_by_side_tiny(tmp_path):
+    # the paper's shapes at batch 2, one round: every update type has an official and our figure, JSON as returned
+    import bench_official
+
+    rows = bench_official.main(["--official-dir", os.environ["BCVLR_OFFICIAL_DIR"], "--batch-size", "2", "--rounds", "1",
+                                "--iters", "1", "--out", str(tmp_path / "o.json")])
+    assert [r["update"] for r in rows] == ["ssl", "lam", "bc"]
+    for r in rows:
+        assert r["official_ms"] > 0 and r["ours_ms"] > 0 and (r["ours_cached_ms"] is None) == (r["update"] == "ssl")
+    assert json.loads((tmp_path / "o.json").read_text())["rows"] == rows
+
+
 def test_gpu_check_tiny_end_to_end_on_cpu(tmp_path):
     out = tmp_path / "gpu check"  # a space in the path on purpose
     env = dict(os.environ, TINY="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHON=sys.executable)
