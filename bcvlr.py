@@ -621,7 +621,7 @@ def conv3x3_with_tile(conv, x, v):
     output pixel (i, j) the tiled channels add sum_k W_v[k] v over the kernel taps k that fall inside the image (zero
     padding), and which taps fall inside is separable in rows and columns. Same math, sums in another order (tested to
     1e-5); at the paper's Procgen shapes it removes the 3x3 conv over the 128 tiled channels of w's input, forward
-    and backward, 0.8 of the LAM update's 5.7 GFLOP per sample (README, Differences)."""
+    and backward, 0.73 of the LAM update's 5.75 GFLOP per sample (README, Differences)."""
     c, h, w = x.shape[1], x.shape[-2], x.shape[-1]
     out = F.conv2d(x, conv.weight[:, :c], conv.bias, padding=1)  # [B, O, H, W]: the context channels
     taps = torch.einsum("bv,ovkl->bokl", v, conv.weight[:, c:])  # [B, O, 3, 3]: W_v v per kernel tap
@@ -751,12 +751,14 @@ def bc_loss(policy, idm, feats, target=None):
 @torch.no_grad()
 def label_windows(idm, encoder, obs, starts, device, cache, num_samples):
     """p's latent action z of every video window, computed once for the BC updates that follow while p is fixed
-    (stage 3; a re-cloning round), when they draw at least as many windows as there are: exact, the same z (test),
-    and those updates then run pi alone. [N, la_dim] indexed by window start; None (z per batch) otherwise."""
-    if num_samples < len(starts):
+    (stage 3; a re-cloning round), when they draw at least twice as many windows as there are: exact, the same z
+    (test), and those updates then run pi alone. [N, la_dim] indexed by window start; None (z per batch) otherwise.
+    (Twice: labelling a window costs about what labelling a sample of a batch does, a little more on a CPU, and the
+    paper's Procgen re-cloning, 500 x 128 samples for 50k windows, measured slower labelled in advance.)"""
+    if num_samples < 2 * len(starts):
         return None
     labels = torch.zeros(len(obs), idm.trunk.head[-1].out_features, device=device)
-    for s in starts.split(256):
+    for s in starts.split(64):
         labels[s.to(device)] = idm.latent_action(window_features(encoder, obs, s, device, cache))
     return labels
 

@@ -402,13 +402,14 @@ class VideoData:
     @torch.no_grad()
     def label(self, idm, encoder, device, num_samples):
         """p's latent action z of every pair, computed once for the BC updates that follow while p is fixed (stage 3; a
-        re-cloning round), when they draw at least as many pairs as there are: exact, the same z (test), and those
-        updates then run pi alone. `labels` [N, la_dim] indexed by pair start; None (z per batch) otherwise."""
+        re-cloning round), when they draw at least twice as many pairs as there are (bcvlr.py's label_windows says
+        why twice): exact, the same z (test), and those updates then run pi alone. `labels` [N, la_dim] indexed by
+        pair start; None (z per batch) otherwise."""
         self.labels = None
-        if num_samples < len(self.valid):
+        if num_samples < 2 * len(self.valid):
             return
         self.labels = torch.zeros(len(self.obs), idm.trunk.head[-1].out_features, device=device)
-        for i in np.array_split(self.valid, range(256, len(self.valid), 256)):
+        for i in np.array_split(self.valid, range(64, len(self.valid), 64)):
             self.labels[torch.from_numpy(i).to(device)] = idm.latent_action(self.window_features(i, encoder, device))
 
     def bc_batch(self, batch_size, rng, encoder, device):
@@ -666,7 +667,7 @@ def conv3x3_with_tile(conv, x, v):
     output pixel (i, j) the tiled channels add sum_k W_v[k] v over the kernel taps k that fall inside the image (zero
     padding), and which taps fall inside is separable in rows and columns. Same math, sums in another order (tested to
     1e-5); at the paper's Procgen shapes it removes the 3x3 conv over the 128 tiled channels of w's input, forward
-    and backward, 0.8 of the LAM update's 5.7 GFLOP per sample (README, Differences)."""
+    and backward, 0.73 of the LAM update's 5.75 GFLOP per sample (README, Differences)."""
     c, h, w = x.shape[1], x.shape[-2], x.shape[-1]
     out = F.conv2d(x, conv.weight[:, :c], conv.bias, padding=1)  # [B, O, H, W]: the context channels
     taps = torch.einsum("bv,ovkl->bokl", v, conv.weight[:, c:])  # [B, O, 3, 3]: W_v v per kernel tap

@@ -4,8 +4,10 @@
 Imports the official models from a checkout of github.com/liuxin0824/BCV-LR-discrete (nothing of it is copied here):
 its logging, config and data modules (doy, wandb, rich, omegaconf, tensordict, funcy, env_utils, data_loader) are
 replaced by empty stand-ins, since the networks and update steps need none of them. The official update steps are
-written out below as run_offline.py runs them (SSL `update_repre_addreconstruct`; the LAM `train_step`; the BC step
-of the pre-imitation), with the paper config of config.yaml (IMPALA x4, U-Net base 24, VQ 2 x 4 x 16, 64 codes).
+written out below as run_offline.py and run_online.py run them (SSL `update_repre_addreconstruct`; the LAM
+`train_step`; the BC step of the pre-imitation; the L_ft and re-cloning loops of
+`finetuning_policylearning_each_iteration`), with the paper config of config.yaml (IMPALA x4, U-Net base 24, VQ
+2 x 4 x 16, 64 codes, wm_loss_alpha 15, ta_idm_lr 2e-5).
 Ours are bcvlr.py's losses and optimizers on the path the run takes at these shapes (frames encoded per batch: the
 50k-frame feature cache does not fit the default 4 GB cap), plus the cached-feature path. Rounds interleave the
 variants, so a busy or throttled machine slows all of them alike; the median round is reported.
@@ -43,8 +45,8 @@ class Args:
     """interleaved rounds; each times every variant `iters` times (median per round, median over rounds)"""
     iters: int = 3
     """timed updates per variant and round (after two warm-up updates per variant)"""
-    updates: Tuple[str, ...] = ("ssl", "lam", "bc")
-    """which update types to compare"""
+    updates: Tuple[str, ...] = ("ssl", "lam", "bc", "ft", "reclone")
+    """which update types to compare: ssl lam bc (offline), ft (L_ft) reclone (online BC)"""
     channels_last: bool = False
     """our networks in torch.channels_last (the official ones stay as the official code makes them)"""
     threads: int = 1
@@ -126,7 +128,35 @@ def official_steps(args, frames, utils, cfg, TensorDict):
             loss.backward()
             bc_opt.step()
         steps["bc"] = bc
-    return steps
+    if "ft" in args.updates or "reclone" in args.updates:
+        idm_o, wm_o = utils.create_dynamics_models(cfg)
+        decoder = utils.create_decoder(128, 15, hidden_sizes=(192, 128, 64))
+        idm_opt, dec_opt = torch.optim.Adam(idm_o.parameters(), lr=2e-5), torch.optim.Adam(decoder.parameters())
+        policy_o = utils.create_policy(cfg, 128)
+        policy_opt = torch.optim.Adam(policy_o.parameters(), lr=2e-4)
+
+        def ft():  # run_online.py: CE of d(p(window)) on the replay + wm_loss_alpha x (dynamics + commitment)
+            x = batch()
+            x["ta"] = torch.randint(0, 15, (b,))
+            idm_o.train(), decoder.train()
+            idm_opt.zero_grad(), dec_opt.zero_grad()
+            loss = F.cross_entropy(decoder(idm_o(x["obs"])[0]["la"]), x["ta"])
+            wm_o.train()
+            vq_loss, _ = idm_o.label(x)
+            loss = loss + 15 * (vq_loss + wm_o.label(x))
+            loss.backward()
+            idm_opt.step(), dec_opt.step()
+
+        def reclone():  # run_online.py: p labels under no_grad, pi cloned
+            x = batch()
+            with torch.no_grad():
+                idm_o.label(x)
+            loss = F.mse_loss(policy_o(x["obs"][:, -2]), x["la"])
+            policy_opt.zero_grad()
+            loss.backward()
+            policy_opt.step()
+        steps["ft"], steps["reclone"] = ft, reclone
+    return {u: steps[u] for u in args.updates if u in steps}
 
 
 def our_steps(args, frames, cached):
@@ -192,7 +222,46 @@ def our_steps(args, frames, cached):
             loss.backward()
             bc_opt.step()
         steps["bc"] = bc
-    return steps, extra
+    if "ft" in args.updates or "reclone" in args.updates:
+        idm_f = m.IDM(la).to(memory_format=mf)
+        wm_f = m.WorldModel(2 * la.encoder_channels, la.encoder_channels, la.la_dim, base=la.wm_scale, tanh=la.wm_tanh)
+        wm_f = wm_f.to(memory_format=mf).requires_grad_(False)  # w is a fixed critic online (Procgen)
+        decoder = m.make_decoder(la.la_dim)
+        idm_opt, dec_opt = torch.optim.Adam(idm_f.parameters(), lr=la.ft_idm_lr), torch.optim.Adam(decoder.parameters(), lr=la.ft_decoder_lr)
+        # the run's replay keeps frames at these shapes (20k windows of features do not fit 4 GB): encoded per batch
+        replay = frames[starts[:512, None] + torch.arange(3)]  # [512, 3, 64, 64, 3] uint8
+        replay_feats = cache[starts[:512, None] + torch.arange(3)] if cached else None
+
+        def ft():
+            i = torch.randint(0, len(replay), (b,))
+            feats = replay_feats[i] if cached else m.encode_window(encoder, m.normalize(replay[i].permute(0, 1, 4, 2, 3)))
+            loss, _, _ = m.finetune_loss(idm_f, wm_f, decoder, feats, torch.randint(0, m.NUM_ACTIONS, (b,)), la.ft_wm_coef)
+            idm_opt.zero_grad(), dec_opt.zero_grad()
+            loss.backward()
+            idm_opt.step(), dec_opt.step()
+
+        policy_r = m.LatentPolicy(encoder, la).to(memory_format=mf)
+        reclone_opt = torch.optim.Adam(policy_r.trunk.parameters(), lr=la.bc_lr)
+        n_round = la.online_bc_updates * la.bc_batch_size  # 500 x 128 < 2 x 50k windows: the run labels per batch
+        idm_f.eval()
+        labels_r = None
+        if n_round >= 2 * 50_000:
+            t = time.perf_counter()
+            labels_r = m.label_windows(idm_f, encoder, frames, starts[:256], dev, cache, num_samples=n_round)
+            extra["reclone"] = (time.perf_counter() - t) / 256 * 50_000 / n_round
+
+        def reclone():
+            idm_f.eval()
+            loss = m.bc_loss(policy_r, idm_f, *m.bc_batch(encoder, frames, starts, b, dev, cache, labels_r))
+            reclone_opt.zero_grad()
+            loss.backward()
+            reclone_opt.step()
+
+        def ft_train():
+            idm_f.train()
+            ft()
+        steps["ft"], steps["reclone"] = ft_train, reclone
+    return {u: steps[u] for u in args.updates if u in steps}, extra
 
 
 def main(argv=None):
@@ -223,7 +292,7 @@ def main(argv=None):
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k[0]} {k[1]} {v[-1]:.1f}" for k, v in per_round.items()), flush=True)
     ms = {k: statistics.median(v) for k, v in per_round.items()}
     print(f"\nms per sample, batch {args.batch_size}, {args.threads} thread(s), median of {args.rounds} interleaved rounds"
-          f"{', ours channels_last' if args.channels_last else ''} (BC: ours includes p's labelling, amortised)")
+          f"{', ours channels_last' if args.channels_last else ''} (BC, re-cloning: ours includes p's labelling, amortised)")
     print("| update | official | ours (run's path) | speed-up | ours, cached features | speed-up |\n|---|---|---|---|---|---|")
     rows = []
     for u in args.updates:

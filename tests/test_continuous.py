@@ -278,8 +278,8 @@ def test_stored_labels_give_the_same_bc_loss_as_labels_per_batch():
     a = bc.Args(encoder_channels=4, feature_pool=2, impala_scale=1, policy_hidden=32, la_dim=128)
     enc = bc.Encoder(9, 4, pool=2).requires_grad_(False)
     idm, pi = bc.IDM(a, (4, 16, 16)).eval(), bc.LatentPolicy(enc, a, 4 * 16 * 16)
-    videos.label(idm, enc, "cpu", num_samples=len(videos.valid) - 1)
-    assert videos.labels is None  # fewer samples than pairs: labels per batch are cheaper
+    videos.label(idm, enc, "cpu", num_samples=2 * len(videos.valid) - 1)
+    assert videos.labels is None  # fewer than twice as many samples as pairs: labels per batch
     for cache in (False, True):
         if cache:
             videos.cache_features(enc, "cpu", max_gb=1.0)
@@ -287,7 +287,7 @@ def test_stored_labels_give_the_same_bc_loss_as_labels_per_batch():
         for stored in (False, True):
             videos.labels = None
             if stored:
-                videos.label(idm, enc, "cpu", num_samples=len(videos.valid))
+                videos.label(idm, enc, "cpu", num_samples=2 * len(videos.valid))
                 assert videos.labels.shape == (40, 128)
             feats, target = videos.bc_batch(16, np.random.default_rng(1), enc, "cpu")  # the same pairs drawn
             assert (target is None) != stored and feats.ndim == (4 if stored else 5)

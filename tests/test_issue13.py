@@ -50,7 +50,7 @@ def test_bench_procgen_tiny(tmp_path):
     assert saved["feature_shape"] == [4, 16, 16]  # --scale cpu pools by 4; --set changed the channels
     assert saved["video_cache"] is True  # 50k frames x 4x16x16 floats fit the 4 GB cap: the run uses the cache
     stored = {r["update"]: r["stored_labels"] for r in saved["updates"] if r.get("run_path", True) and "stored_labels" in r}
-    assert stored == {"bc": True, "reclone": False}  # 2 000 x 64 BC samples >= 50k windows; 100 x 64 re-clone < 50k
+    assert stored == {"bc": True, "reclone": False}  # 2 000 x 64 BC samples >= 2 x 50k windows; 100 x 64 re-clone samples are fewer
     check_rows(saved, uncached=True)
     assert [e["env"].split("(")[-1] for e in saved["env"]] == ["random)", "acting)"]
     assert saved["updates"] == res["updates"]
@@ -95,7 +95,7 @@ def test_bench_official_side_by_side_tiny(tmp_path):
 
     rows = bench_official.main(["--official-dir", os.environ["BCVLR_OFFICIAL_DIR"], "--batch-size", "2", "--rounds", "1",
                                 "--iters", "1", "--out", str(tmp_path / "o.json")])
-    assert [r["update"] for r in rows] == ["ssl", "lam", "bc"]
+    assert [r["update"] for r in rows] == ["ssl", "lam", "bc", "ft", "reclone"]
     for r in rows:
         assert r["official_ms"] > 0 and r["ours_ms"] > 0 and (r["ours_cached_ms"] is None) == (r["update"] == "ssl")
     assert json.loads((tmp_path / "o.json").read_text())["rows"] == rows
