@@ -1052,6 +1052,8 @@ if __name__ == "__main__":
         bc_optimizer = torch.optim.AdamW(policy.trunk.parameters(), lr=args.bc_lr)
         with amp():
             labels = label_windows(idm, encoder, obs, starts, device, cache, args.bc_steps * args.bc_batch_size)
+        if labels is not None:
+            print(f"stage 3: p labelled the {len(starts)} video windows once (exact; the BC updates then run pi alone)")
         for step in (pbar := trange(args.bc_steps, desc="stage 3: latent behaviour cloning")):
             with amp():
                 loss = bc_loss(policy, idm, *bc_batch(encoder, obs, starts, args.bc_batch_size, device, cache, labels))

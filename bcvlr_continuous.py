@@ -1110,6 +1110,8 @@ if __name__ == "__main__":
         bc_optimizer = torch.optim.AdamW(policy.trunk.parameters(), lr=args.bc_lr)
         with amp():
             offline_videos.label(idm, encoder, device, args.bc_steps * args.bc_batch_size)
+        if offline_videos.labels is not None:
+            print(f"stage 3: p labelled the {len(offline_videos.valid)} video pairs once (exact; the BC updates then run pi alone)")
         for step in (pbar := trange(args.bc_steps, desc="stage 3: latent behaviour cloning")):
             with amp():
                 loss = bc_loss(policy, idm, *offline_videos.bc_batch(args.bc_batch_size, rng, encoder, device))
