@@ -1122,6 +1122,7 @@ if __name__ == "__main__":
                 writer.add_scalar("offline/bc_loss", loss.item(), step)
                 pbar.set_postfix(loss=f"{loss.item():.4f}")
         wall["bc"] = time.time() - t
+        offline_videos.labels = None  # p is fine-tuned online: these labels go stale
         if args.save_model:
             save_offline(3)
             print(f"offline checkpoint saved to runs/{run_name}/offline.pt")
