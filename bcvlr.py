@@ -748,6 +748,11 @@ def bc_loss(policy, idm, feats, target=None):
     return F.mse_loss(policy.from_features(feats), target)
 
 
+def stores_labels(num_samples, num_windows):
+    """the rule of label_windows (and scripts/bench*.py): label every window once when the BC updates draw >= 2x as many"""
+    return num_samples >= 2 * num_windows
+
+
 @torch.no_grad()
 def label_windows(idm, encoder, obs, starts, device, cache, num_samples):
     """p's latent action z of every video window, computed once for the BC updates that follow while p is fixed
@@ -755,7 +760,7 @@ def label_windows(idm, encoder, obs, starts, device, cache, num_samples):
     (test), and those updates then run pi alone. [N, la_dim] indexed by window start; None (z per batch) otherwise.
     (Twice: labelling a window costs about what labelling a sample of a batch does, a little more on a CPU, and the
     paper's Procgen re-cloning, 500 x 128 samples for 50k windows, measured slower labelled in advance.)"""
-    if num_samples < 2 * len(starts):
+    if not stores_labels(num_samples, len(starts)):
         return None
     labels = torch.zeros(len(obs), idm.trunk.head[-1].out_features, device=device)
     for s in starts.split(64):

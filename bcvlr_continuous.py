@@ -367,6 +367,11 @@ def file_order(path: Path):
     return (0, int(path.stem), "") if path.stem.isdigit() else (1, 0, path.name)  # integer stems in numeric order
 
 
+def stores_labels(num_samples, num_windows):
+    """the rule of VideoData.label (and scripts/bench.py): label every pair once when the BC updates draw >= 2x as many"""
+    return num_samples >= 2 * num_windows
+
+
 class VideoData:
     """Expert frame stacks in CPU memory. Pair i = (obs[i], obs[i+1]) is usable only if done[i] is False, so pairs never
     cross an episode end or a file boundary. `ta` (expert actions) is read ONLY by diagnostics."""
@@ -406,7 +411,7 @@ class VideoData:
         why twice): exact, the same z (test), and those updates then run pi alone. `labels` [N, la_dim] indexed by
         pair start; None (z per batch) otherwise."""
         self.labels = None
-        if num_samples < 2 * len(self.valid):
+        if not stores_labels(num_samples, len(self.valid)):
             return
         self.labels = torch.zeros(len(self.obs), idm.trunk.head[-1].out_features, device=device)
         for i in np.array_split(self.valid, range(64, len(self.valid), 64)):

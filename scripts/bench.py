@@ -209,7 +209,7 @@ def bench_procgen(m, la, args, device):
     def bc_labels(c, key):  # the run's rule (label_windows): p labels every video window once when the BC updates of
         # stage 3 / a re-cloning round draw at least twice as many; the labelling, timed on 256 windows, is amortised per sample
         n = (la.bc_steps if key == "bc" else la.online_bc_updates) * la.bc_batch_size
-        if n < 2 * video_frames:
+        if not m.stores_labels(n, video_frames):
             return None, 0.0
         sync(device)
         t = time.perf_counter()
@@ -397,7 +397,7 @@ def bench_continuous(m, la, args, device):
         # stage 3 / a re-cloning round draw at least twice as many; the labelling, timed on 256 pairs, is amortised per sample
         n = la.bc_steps * la.bc_batch_size if key == "bc" else la.online_bc_updates * la.online_bc_batch_size
         videos.labels = None
-        if n < 2 * video_frames:
+        if not m.stores_labels(n, video_frames):
             return 0.0
         valid = videos.valid
         videos.valid = valid[:256]

@@ -212,9 +212,12 @@ def our_steps(args, frames, cached):
         idm_b = m.IDM(la).eval().to(memory_format=mf)
         policy = m.LatentPolicy(encoder, la).to(memory_format=mf)
         bc_opt = torch.optim.AdamW(policy.trunk.parameters(), lr=la.bc_lr)
-        t = time.perf_counter()  # the run labels all 50k windows once for stage 3's 20k x 128 samples: amortised
-        labels = m.label_windows(idm_b, encoder, frames, starts[:256], dev, cache, num_samples=la.bc_steps * la.bc_batch_size)
-        extra["bc"] = (time.perf_counter() - t) / 256 * 50_000 / (la.bc_steps * la.bc_batch_size)
+        n_stage = la.bc_steps * la.bc_batch_size  # 20k x 128 >= 2 x 50k windows: the run labels every window once
+        labels = None
+        if m.stores_labels(n_stage, 50_000):
+            t = time.perf_counter()  # timed on 256 windows, amortised over the stage's samples
+            labels = m.label_windows(idm_b, encoder, frames, starts[:256], dev, cache, num_samples=n_stage)
+            extra["bc"] = (time.perf_counter() - t) / 256 * 50_000 / n_stage
 
         def bc():
             loss = m.bc_loss(policy, idm_b, *m.bc_batch(encoder, frames, starts, b, dev, cache, labels))
@@ -245,7 +248,7 @@ def our_steps(args, frames, cached):
         n_round = la.online_bc_updates * la.bc_batch_size  # 500 x 128 < 2 x 50k windows: the run labels per batch
         idm_f.eval()
         labels_r = None
-        if n_round >= 2 * 50_000:
+        if m.stores_labels(n_round, 50_000):
             t = time.perf_counter()
             labels_r = m.label_windows(idm_f, encoder, frames, starts[:256], dev, cache, num_samples=n_round)
             extra["reclone"] = (time.perf_counter() - t) / 256 * 50_000 / n_round
