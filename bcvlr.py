@@ -170,7 +170,8 @@ class Args:
     vq_decay: float = 0.999
     """VQ: EMA decay of the codebooks"""
     probe_every: int = 2_000
-    """diagnostic only: every N stage-2 steps, probe latent actions against the videos' true actions (if present)"""
+    """diagnostic only: every N stage-2 steps and after the last, probe latent actions against the videos' true actions
+    (if present); 0 = after the last step only"""
     probe_windows: int = 4096
     """diagnostic only: video windows used by the probe (half to fit it, half to measure its accuracy)"""
 
@@ -1040,7 +1041,8 @@ if __name__ == "__main__":
                 writer.add_scalar("diagnostics/latent_action_usage", usage.item(), step)
                 writer.add_scalar("diagnostics/latent_action_std", la_std.item(), step)
                 pbar.set_postfix(loss=f"{loss.item():.4f}", perplexity=f"{perplexity.item():.1f}", usage=f"{usage.item():.2g}")
-            if true_actions is not None and ((step + 1) % args.probe_every == 0 or step + 1 == args.lam_steps):
+            probe_now = step + 1 == args.lam_steps or (args.probe_every > 0 and (step + 1) % args.probe_every == 0)
+            if true_actions is not None and probe_now:
                 acc, majority = probe_latent_actions(idm, encoder, obs, starts, true_actions, device, n=args.probe_windows, cache=cache)
                 writer.add_scalar("diagnostics/latent_action_probe_accuracy", acc, step)
                 writer.add_scalar("diagnostics/majority_action_accuracy", majority, step)

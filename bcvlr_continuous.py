@@ -154,7 +154,8 @@ class Args:
     vq_decay: float = 0.999
     """VQ: EMA decay of the codebooks (time constant 1/(1-decay) steps; 0.99 suits runs of a few hundred steps)"""
     probe_every: int = 5000
-    """diagnostic only: every N stage-2 steps, probe latent actions against the videos' true actions (if present)"""
+    """diagnostic only: every N stage-2 steps and after the last, probe latent actions against the videos' true actions
+    (if present); 0 = after the last step only"""
     probe_windows: int = 4096
     """diagnostic only: video pairs used by the probe (half to fit it, half to measure its error)"""
 
@@ -483,8 +484,12 @@ class ReplayBuffer:
         device = next(self.store_encoder.parameters()).device
         return self.store_encoder(torch.from_numpy(obs[None]).to(device))[0].cpu().numpy()
 
-    def add(self, obs, action, done):
-        self.obs[self.pos] = obs if self.store_encoder is None else self.encode(obs)
+    def add(self, obs, action, done, feats=None):
+        """feats: f(obs) [1, C, H, W] when the caller has it already (the acting step), else it is computed here."""
+        if self.store_encoder is None:
+            self.obs[self.pos] = obs
+        else:
+            self.obs[self.pos] = self.encode(obs) if feats is None else feats[0].cpu().numpy()
         self.act[self.pos], self.done[self.pos] = action, done
         self.pos = (self.pos + 1) % self.capacity
 
@@ -1099,7 +1104,8 @@ if __name__ == "__main__":
                 writer.add_scalar("diagnostics/latent_action_usage", usage.item(), step)
                 writer.add_scalar("diagnostics/latent_action_std", la_std.item(), step)
                 pbar.set_postfix(loss=f"{loss.item():.4f}", perplexity=f"{perplexity.item():.1f}", usage=f"{usage.item():.2g}")
-            if offline_videos.ta is not None and ((step + 1) % args.probe_every == 0 or step + 1 == args.lam_steps):
+            probe_now = step + 1 == args.lam_steps or (args.probe_every > 0 and (step + 1) % args.probe_every == 0)
+            if offline_videos.ta is not None and probe_now:
                 probe_mse, mean_mse = probe_latent_actions(idm, encoder, offline_videos, device, n=args.probe_windows)
                 writer.add_scalar("diagnostics/latent_action_probe_mse", probe_mse, step)
                 writer.add_scalar("diagnostics/mean_action_mse", mean_mse, step)
@@ -1161,13 +1167,17 @@ if __name__ == "__main__":
             # the two controls never touch the env
             while agent_step < round_end and not (args.true_action_bc or args.labelled_video_transitions):
                 agent_step += 1
+                feats_t = None
                 if agent_step <= args.warmup_steps:
                     action = env.action_space.sample()
                 else:  # ALGO LOGIC: action logic
-                    action = explore(act(policy, decoder, obs, device), args.expl_std, low, high, rng)
+                    with torch.no_grad():
+                        feats_t = encoder(torch.from_numpy(obs[None]).to(device))  # f(o_t), kept for the replay too
+                        mu = decoder(policy.from_features(feats_t))[0].cpu().numpy()  # = d(pi(o_t)): pi's frozen f is f
+                    action = explore(mu, args.expl_std, low, high, rng)
                 # TRY NOT TO MODIFY: execute the game and log data.
                 next_obs, reward, terminated, truncated, info = env.step(action)
-                rb.add(obs, action, False)
+                rb.add(obs, action, False, feats_t)
                 global_step = agent_step * args.action_repeat
                 ep_return, ep_len, ep_success = ep_return + reward, ep_len + 1, ep_success or info.get("success", 0) > 0
                 if terminated or truncated:  # rewards are only logged, never used for learning

@@ -376,6 +376,43 @@ def test_replay_buffer_never_pairs_across_episode_end(store_features):
     assert not (v_t == value).any()  # the newest entry has no successor yet
 
 
+def test_replay_buffer_keeps_the_features_the_acting_step_computed():
+    """The online loop passes f(o_t), computed once for the action, to the replay: it must store what encoding would."""
+    class ConvEncoder(nn.Module):  # a stand-in for f: uint8 stacks in, float maps out
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(9, 3, 3, stride=2, padding=1)
+
+        def forward(self, x):
+            return self.conv(x.float() / 255)
+
+    torch.manual_seed(0)
+    f = ConvEncoder().requires_grad_(False)
+    obs = np.random.default_rng(0).integers(0, 256, (9, 8, 8), dtype=np.uint8)
+    rb = bc.ReplayBuffer(4, (9, 8, 8), 1, f)
+    rb.add(obs, np.zeros(1, np.float32), False)  # encoded by the buffer
+    rb.add(obs, np.zeros(1, np.float32), False, f(torch.from_numpy(obs[None])))  # given by the caller
+    assert np.array_equal(rb.obs[0], rb.obs[1]) and np.abs(rb.obs[0]).sum() > 0
+    rb.add(obs, np.zeros(1, np.float32), False, f(torch.from_numpy(obs[None] // 2)))  # other features: stored as given
+    assert not np.array_equal(rb.obs[0], rb.obs[2])
+
+
+@pytest.mark.parametrize("env_id", ["finger_spin", "cup_catch"])
+def test_dmc_frames_from_one_camera_equal_physics_render(env_id):
+    """PixelEnv renders with one persistent Camera; its frames must be physics.render's, across steps and resets."""
+    env = bc.make_env(env_id, 0).unwrapped
+    frames = [env.reset()[0]]
+    refs = [env._env.physics.render(height=64, width=64, camera_id=env.camera)]
+    for t in range(30):
+        if t == 15:
+            frames.append(env.reset()[0])
+        else:
+            frames.append(env.step(env.action_space.sample())[0])
+        refs.append(env._env.physics.render(height=64, width=64, camera_id=env.camera))
+    assert all(np.array_equal(a, b) for a, b in zip(frames, refs))
+    assert len({a.tobytes() for a in frames}) > 10  # the frames do change
+
+
 # ----------------------------------------------------------------------------- loaders
 def test_loaders_official_npz_single_frame_npz_mp4_gif(tmp_path):
     rng = np.random.default_rng(0)
@@ -491,7 +528,9 @@ def test_end_to_end_dmcontrol(tmp_path, reacher_episodes):
     # same seed on CPU -> the same trained networks
     (tmp_path / "again").mkdir()
     write_official(tmp_path / "again" / "expert_data" / "reacher_hard", reacher_episodes)
-    assert run(["--env-id", "reacher_hard", "--total-timesteps", "40", *TINY], tmp_path / "again").returncode == 0
+    again = run(["--env-id", "reacher_hard", "--total-timesteps", "40", *TINY, "--probe-every", "0"], tmp_path / "again")
+    assert again.returncode == 0, again.stdout + again.stderr  # --probe-every 0: the probe after the last step only
+    assert "[diagnostic] lam step 3" in again.stdout and "[diagnostic] lam step 2" not in again.stdout
     [model_b] = glob.glob(str(tmp_path / "again" / "runs" / "*" / "bcvlr_continuous.cleanrl_model"))
     a, b = (torch.load(path, weights_only=False) for path in (run_dir / "bcvlr_continuous.cleanrl_model", model_b))
     for net in ("policy", "decoder", "idm", "wm"):
