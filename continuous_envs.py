@@ -94,6 +94,8 @@ class PixelEnv(gym.Env):
         if self._camera is None or self._camera_physics is not physics:  # composer envs may rebuild physics
             from dm_control.mujoco.engine import Camera
 
+            if self._camera is not None:
+                self._camera._scene.free()  # as physics.render does with its camera's scene
             self._camera, self._camera_physics = Camera(physics, self.size, self.size, self.camera), physics
         return self._camera.render().copy()
 
