@@ -4,7 +4,9 @@
 #   (fingertip force mapped to joint torques with the Jacobian transpose).
 # - finger_spin, cup_catch: model-predictive control, random shooting over open-loop action sequences simulated
 #   from the current state with mujoco.rollout (the simulator is deterministic); cup: zero action once caught;
-#   finger: full-torque (bang-bang) candidates re-chosen every step, short horizon, flicks the spinner continuously.
+#   finger: full-torque (bang-bang) candidates re-chosen every step, short horizon, flicks the spinner continuously;
+#   finger_turn_easy: uniform candidates held 2 steps, horizon 10, scored by the steps with the spinner's tip inside
+#   the target (the task's reward) minus its distance to the target.
 #   python experts/dmc_expert.py --env-id reacher_hard --num-transitions 100000
 import os
 import time
@@ -31,7 +33,7 @@ ACTION_REPEAT = 2
 @dataclass
 class Args:
     env_id: str = "reacher_hard"
-    """<domain>_<task>: point_mass_easy, reacher_easy, reacher_hard, finger_spin, cup_catch"""
+    """<domain>_<task>: point_mass_easy, reacher_easy, reacher_hard, finger_spin, cup_catch, finger_turn_easy"""
     num_transitions: int = 100000
     """train transitions to record (500 agent steps per episode)"""
     test_fraction: float = 0.0
@@ -45,7 +47,7 @@ class Args:
     num_previews: int = 2
     """episodes saved as mp4 previews"""
     num_candidates: int = 0
-    """MPC tasks (finger_spin, cup_catch): candidate action sequences per decision (0: the task's default)"""
+    """MPC tasks (finger_spin, cup_catch, finger_turn_easy): candidate action sequences per decision (0: the task's default)"""
     horizon: int = 0
     """MPC tasks: lookahead in agent steps (0: the task's default)"""
     random_episodes: int = 10
@@ -65,7 +67,10 @@ class Args:
 
 
 def make_env(env_id, seed):
-    domain, task = DOMAIN_TASK.get(env_id, env_id.rsplit("_", 1))
+    pairs = {f"{d}_{t}": (d, t) for d, t in suite.ALL_TASKS}  # point_mass_easy -> (point_mass, easy), finger_turn_easy -> (finger, turn_easy)
+    if env_id not in pairs and env_id not in DOMAIN_TASK:
+        raise SystemExit(f"error: unknown DMControl task '{env_id}': use a <domain>_<task> id such as finger_spin or point_mass_easy")
+    domain, task = DOMAIN_TASK.get(env_id, pairs.get(env_id))
     env = suite.load(domain, task, task_kwargs={"random": seed})
     env.physics.model.vis.quality.offsamples = 0  # fast rendering (dependencies.md section 2)
     env.physics.model.vis.quality.shadowsize = 0
@@ -151,6 +156,11 @@ class ShootingMPC:
         if self.env_id == "finger_spin":  # reward: hinge velocity <= -15; shaped by the velocity itself
             v = -sensordata[:, :, model.sensor("hinge_velocity").adr[0]]
             return (v >= 15).sum(1) + self.weight * np.minimum(v, self.cap).sum(1)
+        if self.env_id.startswith("finger_turn"):  # reward: the spinner's tip inside the target circle; shaped by distance
+            tip = sensordata[:, :, model.sensor("tip").adr[0] + np.array([0, 2])]
+            target = sensordata[:, :, model.sensor("target").adr[0] + np.array([0, 2])]
+            dist = np.linalg.norm(target - tip, axis=-1) - self.target_radius
+            return (dist <= 0).sum(1) - self.weight * dist.sum(1)
         # cup_catch: qpos = cup_x, cup_z, ball_x, ball_z; reward: ball inside the cup's target box
         qpos = states[:, :, 1 : 1 + model.nq]
         cup = qpos[..., :2] + self.cup_offset
@@ -166,6 +176,7 @@ class ShootingMPC:
             return np.zeros(model.nu)  # caught: keep still (cheap), the cup's springs keep it centred
         if self.data is None:
             self.data = mujoco.MjData(model)
+            self.target_radius = physics.named.model.site_size["target", 0] if self.env_id.startswith("finger_turn") else 0.0
             if self.env_id == "cup_catch":  # world positions = qpos + offsets (slide joints)
                 self.cup_offset = physics.named.data.site_xpos["target", ["x", "z"]] - physics.named.data.qpos[["cup_x", "cup_z"]]
                 self.ball_offset = physics.named.data.xpos["ball", ["x", "z"]] - physics.named.data.qpos[["ball_x", "ball_z"]]
@@ -203,8 +214,16 @@ class ShootingMPC:
 # finger_spin: the spinner loses half its speed in about 0.3 s, so it needs a full-torque flick every few steps:
 # bang-bang plans changing every step, a short horizon (7 agent steps; longer ones scored worse) and many candidates.
 MPC_SETTINGS = dict(finger_spin=dict(num_candidates=256, horizon=7, hold=1, perturbed=0.5, noise=0.6, bang=True, cap=100.0),
-                    cup_catch=dict(num_candidates=32, horizon=10, hold=3))
+                    cup_catch=dict(num_candidates=32, horizon=10, hold=3),
+                    finger_turn_easy=dict(num_candidates=64, horizon=10, hold=2, weight=1.0, perturbed=0.5))
 CONTROLLERS = dict(point_mass_easy=PointMassPD, reacher_easy=ReacherPD, reacher_hard=ReacherPD)
+
+
+def check_task(env_id):
+    """One-line exit for an id that is not a DMControl task, or a task this script has no demonstrator for."""
+    have = sorted(set(CONTROLLERS) | set(MPC_SETTINGS))
+    if env_id not in have:
+        raise SystemExit(f"error: no demonstrator for '{env_id}'; this script has: {', '.join(have)}")
 
 
 def make_controller(args, env):
@@ -214,11 +233,13 @@ def make_controller(args, env):
         kwargs.update({k: v for k, v in (("num_candidates", args.num_candidates), ("horizon", args.horizon)) if v})
         return ShootingMPC(args.env_id, substeps, seed=args.seed, deterministic=args.deterministic,
                            temperature=args.mppi_temperature, **kwargs)
+    check_task(args.env_id)
     return CONTROLLERS[args.env_id]()
 
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
+    check_task(args.env_id)
     out_dir = args.out_dir.format(env_id=args.env_id)
     writer = EpisodeWriter(out_dir, args.num_transitions, int(args.test_fraction * args.num_transitions), args.chunk_size,
                            args.num_previews, preview_fn=lambda obs: obs[:, 6:].transpose(0, 2, 3, 1))

@@ -115,7 +115,7 @@ def test_metaworld_reach_succeeds(tmp_path):
     check_continuous_loader(out, "reach-v3")
 
 
-@pytest.mark.parametrize("env_id", ["reacher_easy", "point_mass_easy"])
+@pytest.mark.parametrize("env_id", ["reacher_easy", "point_mass_easy", "finger_turn_easy"])
 def test_dmc_controller_beats_random(tmp_path, env_id):
     pytest.importorskip("dm_control")
     out = tmp_path / env_id
@@ -126,6 +126,17 @@ def test_dmc_controller_beats_random(tmp_path, env_id):
     assert info["num_transitions"] == 1000 and info["num_episodes"] == 2
     assert info["ep_return_mean"] > max(700.0, info["random_return_mean"] + 300.0), info
     check_continuous_loader(out, env_id)
+
+
+def test_dmc_expert_says_which_tasks_it_has(tmp_path):
+    """A suite task without a demonstrator (or a misspelt one) ends with one line naming the tasks, no traceback."""
+    pytest.importorskip("dm_control")
+    for env_id in ("walker_walk", "finger_turn_easyy"):
+        cmd = [sys.executable, os.path.join(ROOT, "experts", "dmc_expert.py"), "--env-id", env_id, "--out-dir", str(tmp_path / env_id)]
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert proc.stderr.strip().startswith("error:") and env_id in proc.stderr, proc.stderr[-2000:]
+        assert not (tmp_path / env_id / "train").exists() or not os.listdir(tmp_path / env_id / "train")
 
 
 def test_dmc_resume_keeps_chunks(tmp_path):
