@@ -67,10 +67,8 @@ class Args:
 
 
 def make_env(env_id, seed):
-    pairs = {f"{d}_{t}": (d, t) for d, t in suite.ALL_TASKS}  # point_mass_easy -> (point_mass, easy), finger_turn_easy -> (finger, turn_easy)
-    if env_id not in pairs and env_id not in DOMAIN_TASK:
-        raise SystemExit(f"error: unknown DMControl task '{env_id}': use a <domain>_<task> id such as finger_spin or point_mass_easy")
-    domain, task = DOMAIN_TASK.get(env_id, pairs.get(env_id))
+    # point_mass_easy -> (point_mass, easy), finger_turn_easy -> (finger, turn_easy); ids are checked by check_task
+    domain, task = DOMAIN_TASK.get(env_id) or {f"{d}_{t}": (d, t) for d, t in suite.ALL_TASKS}[env_id]
     env = suite.load(domain, task, task_kwargs={"random": seed})
     env.physics.model.vis.quality.offsamples = 0  # fast rendering (dependencies.md section 2)
     env.physics.model.vis.quality.shadowsize = 0
