@@ -231,7 +231,6 @@ def make_controller(args, env):
         kwargs.update({k: v for k, v in (("num_candidates", args.num_candidates), ("horizon", args.horizon)) if v})
         return ShootingMPC(args.env_id, substeps, seed=args.seed, deterministic=args.deterministic,
                            temperature=args.mppi_temperature, **kwargs)
-    check_task(args.env_id)
     return CONTROLLERS[args.env_id]()
 
 
