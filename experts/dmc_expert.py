@@ -157,7 +157,7 @@ class ShootingMPC:
         if self.env_id.startswith("finger_turn"):  # reward: the spinner's tip inside the target circle; shaped by distance
             tip = sensordata[:, :, model.sensor("tip").adr[0] + np.array([0, 2])]
             target = sensordata[:, :, model.sensor("target").adr[0] + np.array([0, 2])]
-            dist = np.linalg.norm(target - tip, axis=-1) - self.target_radius
+            dist = np.linalg.norm(target - tip, axis=-1) - physics.named.model.site_size["target", 0]
             return (dist <= 0).sum(1) - self.weight * dist.sum(1)
         # cup_catch: qpos = cup_x, cup_z, ball_x, ball_z; reward: ball inside the cup's target box
         qpos = states[:, :, 1 : 1 + model.nq]
@@ -174,7 +174,6 @@ class ShootingMPC:
             return np.zeros(model.nu)  # caught: keep still (cheap), the cup's springs keep it centred
         if self.data is None:
             self.data = mujoco.MjData(model)
-            self.target_radius = physics.named.model.site_size["target", 0] if self.env_id.startswith("finger_turn") else 0.0
             if self.env_id == "cup_catch":  # world positions = qpos + offsets (slide joints)
                 self.cup_offset = physics.named.data.site_xpos["target", ["x", "z"]] - physics.named.data.qpos[["cup_x", "cup_z"]]
                 self.ball_offset = physics.named.data.xpos["ball", ["x", "z"]] - physics.named.data.qpos[["ball_x", "ball_z"]]
