@@ -49,7 +49,8 @@ class Args:
     idm_lr: float = 3e-4
     """Adam learning rate of p (bcvlr.py --ft-idm-lr; 0 keeps p frozen, as in the no-finetune ablation)"""
     decoder_lr: float = 1e-3
-    """Adam learning rate of d"""
+    """Adam learning rate of d (with --reference-cnn: of the whole pixel CNN; there 1e-3 collapsed it to the mean action
+    on cup_catch and cheetah_run, whose actions it reads at 1e-4: README "Where it fails", item 2)"""
     eval_every: int = 100
     """updates between held-out evaluations"""
     val_fraction: float = 0.1
