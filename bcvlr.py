@@ -60,8 +60,9 @@ class Args:
     """TF32 matmuls and convolutions on CUDA (Ampere or newer: 10-bit-mantissa products, fp32 accumulation);
     --no-tf32 for full fp32. No effect on CPU"""
     bf16: bool = False
-    """bfloat16 autocast of the forward pass of every update on CUDA (weights, optimizer state and the losses' reductions
-    stay fp32; the VQ's nearest-code search then runs on bf16 distances). No effect on CPU"""
+    """bfloat16 autocast of the forward pass of every update (weights, optimizer state and the losses' reductions
+    stay fp32; the VQ's nearest-code search then runs on bf16 distances). Pays on GPUs and on CPUs with bf16
+    arithmetic (AVX512-BF16, AMX); on other CPUs it is emulated and slower"""
     channels_last: bool = True
     """channels_last memory format for the conv networks on CUDA (tensor-core NHWC kernels): the same function, another
     summation order. No effect on CPU (there it measured 1.0-1.4x per update, README "Throughput")"""
@@ -765,7 +766,7 @@ def label_windows(idm, encoder, obs, starts, device, cache, num_samples):
         return None
     labels = torch.zeros(len(obs), idm.trunk.head[-1].out_features, device=device)
     for s in starts.split(64):
-        labels[s.to(device)] = idm.latent_action(window_features(encoder, obs, s, device, cache))
+        labels[s.to(device)] = idm.latent_action(window_features(encoder, obs, s, device, cache)).float()  # bf16 under --bf16
     return labels
 
 
@@ -885,7 +886,7 @@ if __name__ == "__main__":
     memory_format = torch.channels_last if args.channels_last and device.type == "cuda" else torch.contiguous_format
 
     def amp():  # --bf16: autocast of an update's forward pass and loss (backward and optimizer step outside it)
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16 and device.type == "cuda")
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
 
     # expert videos: the only supervision. `ta` is read for diagnostics only and never reaches a loss.
     video_env_ids = args.video_env_ids or (args.env_id,)

@@ -50,8 +50,9 @@ class Args:
     """TF32 matmuls and convolutions on CUDA (Ampere or newer: 10-bit-mantissa products, fp32 accumulation);
     --no-tf32 for full fp32. No effect on CPU"""
     bf16: bool = False
-    """bfloat16 autocast of the forward pass of every update on CUDA (weights, optimizer state and the losses' reductions
-    stay fp32; the VQ's nearest-code search then runs on bf16 distances). No effect on CPU"""
+    """bfloat16 autocast of the forward pass of every update (weights, optimizer state and the losses' reductions
+    stay fp32; the VQ's nearest-code search then runs on bf16 distances). Pays on GPUs and on CPUs with bf16
+    arithmetic (AVX512-BF16, AMX); on other CPUs it is emulated and slower"""
     channels_last: bool = True
     """channels_last memory format for the conv networks on CUDA (tensor-core NHWC kernels): the same function, another
     summation order. No effect on CPU (there it measured 1.0-1.4x per update, README "Throughput")"""
@@ -418,7 +419,7 @@ class VideoData:
             return
         self.labels = torch.zeros(len(self.obs), idm.trunk.head[-1].out_features, device=device)
         for i in np.array_split(self.valid, range(64, len(self.valid), 64)):
-            self.labels[torch.from_numpy(i).to(device)] = idm.latent_action(self.window_features(i, encoder, device))
+            self.labels[torch.from_numpy(i).to(device)] = idm.latent_action(self.window_features(i, encoder, device)).float()
 
     def bc_batch(self, batch_size, rng, encoder, device):
         """a batch for bc_loss: window features (p labels them), or with labels f(o_t) and the pairs' stored z."""
@@ -954,7 +955,7 @@ if __name__ == "__main__":
     memory_format = torch.channels_last if args.channels_last and device.type == "cuda" else torch.contiguous_format
 
     def amp():  # --bf16: autocast of an update's forward pass and loss (backward and optimizer step outside it)
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16 and device.type == "cuda")
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
     rng = np.random.default_rng(args.seed)  # training samples; diagnostics draw from their own generators
 
     # expert videos: the only supervision. `ta` is read for diagnostics only and never reaches a loss.

@@ -23,8 +23,13 @@ def chunk_files(split_dir):
 
 
 def write_preview(path, frames, fps=15, scale=4):
-    """frames: (T, H, W, 3) uint8 -> mp4 upscaled x`scale` (imageio_ffmpeg, see dependencies.md section 5)."""
-    import imageio_ffmpeg
+    """frames: (T, H, W, 3) uint8 -> mp4 upscaled x`scale` (imageio_ffmpeg, see dependencies.md section 5).
+    Previews are optional: without a working imageio_ffmpeg (an offline GPU node, README) they are skipped with a note."""
+    try:
+        import imageio_ffmpeg
+    except ImportError as e:  # also imageio_ffmpeg 0.3.0 under setuptools >= 82 (no pkg_resources)
+        print(f"preview {path} skipped: imageio_ffmpeg does not import ({e}); the chunks are written as usual")
+        return
 
     frames = np.repeat(np.repeat(np.asarray(frames), scale, axis=1), scale, axis=2)
     h, w = frames.shape[1:3]

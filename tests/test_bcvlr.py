@@ -354,6 +354,18 @@ def test_end_to_end_determinism_checkpoint_and_video(tmp_path, procgen_dir):
     assert json.load(open(os.path.join(_results(tmp_path / "c")[0], "results.json")))["env_steps"] == 512
 
 
+def test_bf16_runs_end_to_end_with_stored_labels(tmp_path, procgen_dir):
+    # --bf16 autocasts every update's forward pass (on CPU too, emulated): p's labels are bf16 there and must be stored
+    # in the fp32 label table (the first GPU run crashed there: "Index put requires the source and destination dtypes
+    # match"); 100 windows x 2 <= 25 x 8 samples, so stage 3 takes the stored-label path
+    r = run_bcvlr(f"--env-id bigfish --video-dir {procgen_dir} {TINY} --bf16 --num-video-transitions 100 --bc-steps 25",
+                  cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "stage 3: p labelled the" in r.stdout
+    res = json.load(open(os.path.join(_results(tmp_path)[0], "results.json")))
+    assert res["args"]["bf16"] is True and np.isfinite(res["episodic_return_mean"]) and res["env_steps"] == 512
+
+
 def test_world_model_tile_conv_equals_the_conv_of_the_built_tile():
     # w's first conv reads cat(ctx, la_q tiled over the image); conv3x3_with_tile never builds the tile: same output
     # and same gradients (to float rounding) as F.conv2d on the explicit concatenation, at odd sizes and edges too

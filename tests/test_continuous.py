@@ -557,6 +557,16 @@ def test_end_to_end_dmcontrol(tmp_path, reacher_episodes):
     assert not (Path(glob.glob(str(tmp_path / "runs2" / "runs" / "*"))[0]) / "offline.pt").exists()
 
 
+def test_bf16_runs_end_to_end_with_stored_labels(tmp_path, reacher_episodes):
+    # twin of test_bcvlr's: --bf16 (on CPU too, emulated) with stage 3 on stored labels (38 pairs x 2 <= 5 x 16 samples)
+    write_official(tmp_path / "expert_data" / "reacher_hard", reacher_episodes)
+    result = run(["--env-id", "reacher_hard", "--total-timesteps", "40", *TINY, "--bf16", "--bc-steps", "5"], tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "stage 3: p labelled the" in result.stdout
+    results, _ = check_run(tmp_path, "reacher_hard")
+    assert results["args"]["bf16"] is True and np.isfinite(results["episodic_return_mean"]) and results["env_steps"] == 40
+
+
 def test_diagnostics_do_not_change_training(tmp_path, reacher_episodes):
     # the probe (stage 2) and the decoded-action diagnostic (online) read `ta` and draw from their own random streams:
     # the same run on videos without `ta` (no diagnostics at all) must train bit-identical networks
