@@ -68,7 +68,8 @@ class Args:
     env_steps: int = 512
     """env steps to time (vector steps x envs for Procgen, agent steps for continuous); 0 skips the env rows"""
     channels_last: bool = False
-    """experiment (not what the learners do today): every network in torch.channels_last memory format"""
+    """every network in torch.channels_last memory format: what the learners do on CUDA (their --channels-last, on by
+    default there; on CPU they keep the default layout); scripts/gpu_check.sh benches CUDA with it"""
     seed: int = 1
     """torch / numpy seed"""
     out: Optional[str] = None

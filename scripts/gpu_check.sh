@@ -46,7 +46,7 @@ else
     TIME_BUDGET="${TIME_BUDGET:-570}"; EXPERT_SECONDS="${EXPERT_SECONDS:-180}"; EXPERT_FRAMES="${EXPERT_FRAMES:-50000}"
     EXPERT_PROCS="${EXPERT_PROCS:-$(( NPROC / 4 > 0 ? NPROC / 4 : 1 ))}"
     EXPERT_FLAGS=(--chunk-size 2500)
-    BENCH_FLAGS=(--device cuda --scale paper --threads 0 --warmup 5 --iters 20)
+    BENCH_FLAGS=(--device cuda --scale paper --threads 0 --warmup 5 --iters 20 --channels-last)  # the learners: channels_last on CUDA
     BENCH_ENV_STEPS=(4096 200)
     LEARNER_FLAGS=()
     BASE=""  # the learner's defaults (the paper's)
@@ -97,7 +97,10 @@ for f in sorted(glob.glob(f"{parts}/p*/train/*.npz"), key=lambda p: (p.split("/"
     shutil.move(f, f"{data}/train/{k}.npz")
     k += 1
 if k == 0:
-    sys.exit(f"error: no expert chunk was written in time (see {parts}/p*/log.txt); raise EXPERT_SECONDS")
+    logs = sorted(glob.glob(f"{parts}/p*/log.txt"))
+    last = open(logs[0]).read().replace("\r", "\n").strip().splitlines()[-1:] if logs else []
+    sys.exit(f"error: no expert chunk was written in time (see {parts}/p*/log.txt; the last line of the first: "
+             f"{last[0] if last else 'empty'}); if the planners ran, raise EXPERT_SECONDS")
 info = dict(env_id=game, suite="procgen", num_transitions=frames, num_episodes=len(rets), ep_return_mean=float(np.mean(rets)),
             ep_return_std=float(np.std(rets)), demonstrator="experts/procgen_expert.py, merged parts (scripts/gpu_check.sh)")
 json.dump(info, open(f"{data}/info.json", "w"), indent=2)
@@ -140,7 +143,7 @@ sps = next((e["steps_per_s"] for e in bench["env"] if "acting" in e["env"]), Non
 vector_steps = -(-a.total_timesteps // a.num_envs)
 iters = 1 + -(-(vector_steps - min(a.warmup_steps, vector_steps)) // a.num_steps)
 runs = 2 if ablation else 1
-fixed = runs * (a.total_timesteps / sps + 60)  # env steps + evaluation, cache, probes and start-up (a guess: 60 s per run)
+fixed = runs * (a.total_timesteps / sps + 20)  # env steps + evaluation, cache, probes, start-up (7 s per run measured on an H200)
 updates = (base["ssl_steps"] * a.ssl_batch_size * ms["ssl"] + base["lam_steps"] * a.lam_batch_size * ms["lam"]
            + base["bc_steps"] * a.bc_batch_size * ms["bc"]
            + runs * iters * (base["ft_updates"] * a.ft_batch_size * ms["ft"] + base["online_bc_updates"] * a.bc_batch_size * ms["reclone"]))
