@@ -20,6 +20,7 @@ import io
 import json
 import os
 import random
+import signal
 import sys
 import time
 import warnings
@@ -863,8 +864,20 @@ def write_mp4(path, frames, scale=4):
     writer.close()
 
 
+def interrupt_on_sigterm():
+    """`kill` and SLURM's preemption send SIGTERM: raise KeyboardInterrupt instead, so that the run takes Ctrl-C's path
+    (online: the model and results.json are saved, marked "interrupted") rather than ending with nothing written.
+    A second SIGTERM during that save is ignored (SLURM follows with SIGKILL after its KillWait)."""
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 if __name__ == "__main__":
     args = parse_args()
+    interrupt_on_sigterm()
     args.la_dim = args.vq_num_codebooks * args.vq_num_latents * args.vq_dim
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     timings = {}

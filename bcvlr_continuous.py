@@ -19,6 +19,7 @@ import csv
 import json
 import math
 import random
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -925,8 +926,20 @@ def evaluate(env, policy, decoder, device, episodes, video_path=None):
     return np.array(returns), np.array(successes)
 
 
+def interrupt_on_sigterm():
+    """`kill` and SLURM's preemption send SIGTERM: raise KeyboardInterrupt instead, so that the run takes Ctrl-C's path
+    (online: the model and results.json are saved, marked "interrupted") rather than ending with nothing written.
+    A second SIGTERM during that save is ignored (SLURM follows with SIGKILL after its KillWait)."""
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 if __name__ == "__main__":
     args = parse_args()
+    interrupt_on_sigterm()
     args.la_dim = args.vq_num_codebooks * args.vq_num_latents * args.vq_dim
     metaworld_task = is_metaworld(args.env_id)
     # the official per-task defaults, resolved here once, so that results.json records the values actually used

@@ -2,6 +2,7 @@
 end-to-end runs on real Procgen frames, and one learning test."""
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -364,6 +365,23 @@ def test_bf16_runs_end_to_end_with_stored_labels(tmp_path, procgen_dir):
     assert "stage 3: p labelled the" in r.stdout
     res = json.load(open(os.path.join(_results(tmp_path)[0], "results.json")))
     assert res["args"]["bf16"] is True and np.isfinite(res["episodic_return_mean"]) and res["env_steps"] == 512
+
+
+def test_sigterm_saves_the_model_and_results(tmp_path, procgen_dir):
+    # `kill` / SLURM's preemption (SIGTERM) take Ctrl-C's path: model saved, final evaluation, results.json "interrupted"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    cmd = f"{sys.executable} {os.path.join(ROOT, 'bcvlr.py')} --env-id bigfish --video-dir {procgen_dir} {TINY} --total-timesteps 1000000"
+    proc = subprocess.Popen(cmd.split(), cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in proc.stdout:  # the online stage has begun: the first training episode ended
+        if line.startswith("global_step="):
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0 and "interrupted: saving" in rest
+    (run,) = _results(tmp_path)
+    res = json.load(open(os.path.join(run, "results.json")))
+    assert res["interrupted"] is True and 0 < res["env_steps"] < 1000000 and res["eval_episodes"] == 2
+    assert os.path.exists(os.path.join(run, "bcvlr.cleanrl_model"))
 
 
 def test_world_model_tile_conv_equals_the_conv_of_the_built_tile():

@@ -663,7 +663,9 @@ def test_end_to_end_metaworld_from_mp4(tmp_path):
     assert "stage 1" not in result.stderr  # --no-ssl-encoder skips the SSL loop
 
 
-def test_interrupt_writes_results(tmp_path, reacher_episodes):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupt_writes_results(tmp_path, reacher_episodes, sig):
+    # Ctrl-C, and SIGTERM (`kill`, SLURM's preemption), which the run turns into the same KeyboardInterrupt
     write_official(tmp_path / "expert_data" / "reacher_hard", reacher_episodes)
     env = dict(os.environ, MUJOCO_GL="egl", PYTHONWARNINGS="ignore", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, SCRIPT, "--env-id", "reacher_hard", "--total-timesteps", "100000", *TINY]
@@ -671,9 +673,9 @@ def test_interrupt_writes_results(tmp_path, reacher_episodes):
     # Python then installs no KeyboardInterrupt handler: restore the default so that Ctrl-C is what it is for users
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    for line in proc.stdout:  # wait for the first evaluation, then press Ctrl-C
+    for line in proc.stdout:  # wait for the first evaluation, then press Ctrl-C (or send SIGTERM)
         if line.startswith("eval global_step="):
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(sig)
             break
     rest = proc.communicate(timeout=120)[0]
     assert proc.returncode == 0 and "interrupted" in rest
