@@ -7,6 +7,8 @@
 #   finger: full-torque (bang-bang) candidates re-chosen every step, short horizon, flicks the spinner continuously;
 #   finger_turn_easy: uniform candidates held 2 steps, horizon 10, scored by the steps with the spinner's tip inside
 #   the target (the task's reward) minus its distance to the target.
+# - cheetah_run_backward (URLB's, the paper's task; continuous_envs.py): the same random shooting, scored by the torso's
+#   backward speed (the task's reward is min(-speed / 10, 1)).
 #   python experts/dmc_expert.py --env-id reacher_hard --num-transitions 100000
 import os
 import time
@@ -27,13 +29,15 @@ warnings.filterwarnings("ignore", message="pkg_resources is deprecated")  # imag
 # expert-video returns the paper reports (../shared/spec/algorithm.md section 7.2)
 PAPER_EXPERT_RETURN = dict(reacher_hard=967, finger_spin=981)
 DOMAIN_TASK = dict(cup_catch=("ball_in_cup", "catch"))
+SPECIAL_TASKS = ("cheetah_run_backward",)  # built by continuous_envs.py, as the learner builds them
 ACTION_REPEAT = 2
 
 
 @dataclass
 class Args:
     env_id: str = "reacher_hard"
-    """<domain>_<task>: point_mass_easy, reacher_easy, reacher_hard, finger_spin, cup_catch, finger_turn_easy"""
+    """<domain>_<task>: point_mass_easy, reacher_easy, reacher_hard, finger_spin, cup_catch, finger_turn_easy,
+    cheetah_run_backward"""
     num_transitions: int = 100000
     """train transitions to record (500 agent steps per episode)"""
     test_fraction: float = 0.0
@@ -47,7 +51,8 @@ class Args:
     num_previews: int = 2
     """episodes saved as mp4 previews"""
     num_candidates: int = 0
-    """MPC tasks (finger_spin, cup_catch, finger_turn_easy): candidate action sequences per decision (0: the task's default)"""
+    """MPC tasks (finger_spin, cup_catch, finger_turn_easy, cheetah_run_backward): candidate action sequences per
+    decision (0: the task's default)"""
     horizon: int = 0
     """MPC tasks: lookahead in agent steps (0: the task's default)"""
     random_episodes: int = 10
@@ -68,8 +73,16 @@ class Args:
 
 def make_env(env_id, seed):
     # point_mass_easy -> (point_mass, easy), finger_turn_easy -> (finger, turn_easy); ids are checked by check_task
-    domain, task = DOMAIN_TASK.get(env_id) or {f"{d}_{t}": (d, t) for d, t in suite.ALL_TASKS}[env_id]
-    env = suite.load(domain, task, task_kwargs={"random": seed})
+    if env_id in SPECIAL_TASKS:
+        import sys
+
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+        from continuous_envs import load_cheetah_run_backward
+
+        env = load_cheetah_run_backward(seed)
+    else:
+        domain, task = DOMAIN_TASK.get(env_id) or {f"{d}_{t}": (d, t) for d, t in suite.ALL_TASKS}[env_id]
+        env = suite.load(domain, task, task_kwargs={"random": seed})
     env.physics.model.vis.quality.offsamples = 0  # fast rendering (dependencies.md section 2)
     env.physics.model.vis.quality.shadowsize = 0
     return env
@@ -154,6 +167,9 @@ class ShootingMPC:
         if self.env_id == "finger_spin":  # reward: hinge velocity <= -15; shaped by the velocity itself
             v = -sensordata[:, :, model.sensor("hinge_velocity").adr[0]]
             return (v >= 15).sum(1) + self.weight * np.minimum(v, self.cap).sum(1)
+        if self.env_id == "cheetah_run_backward":  # reward: min(-speed / 10, 1); scored by the capped backward speed
+            v = -sensordata[:, :, model.sensor("torso_subtreelinvel").adr[0]]
+            return np.minimum(v, self.cap).sum(1)
         if self.env_id.startswith("finger_turn"):  # reward: the spinner's tip inside the target circle; shaped by distance
             tip = sensordata[:, :, model.sensor("tip").adr[0] + np.array([0, 2])]
             target = sensordata[:, :, model.sensor("target").adr[0] + np.array([0, 2])]
@@ -212,7 +228,8 @@ class ShootingMPC:
 # bang-bang plans changing every step, a short horizon (7 agent steps; longer ones scored worse) and many candidates.
 MPC_SETTINGS = dict(finger_spin=dict(num_candidates=256, horizon=7, hold=1, perturbed=0.5, noise=0.6, bang=True, cap=100.0),
                     cup_catch=dict(num_candidates=32, horizon=10, hold=3),
-                    finger_turn_easy=dict(num_candidates=64, horizon=10, hold=2, weight=1.0, perturbed=0.5))
+                    finger_turn_easy=dict(num_candidates=64, horizon=10, hold=2, weight=1.0, perturbed=0.5),
+                    cheetah_run_backward=dict(num_candidates=128, horizon=15, hold=1, cap=10.0, perturbed=0.5, noise=0.3))
 CONTROLLERS = dict(point_mass_easy=PointMassPD, reacher_easy=ReacherPD, reacher_hard=ReacherPD)
 
 
