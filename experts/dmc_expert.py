@@ -11,6 +11,7 @@
 #   backward speed (the task's reward is min(-speed / 10, 1)).
 #   python experts/dmc_expert.py --env-id reacher_hard --num-transitions 100000
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -74,9 +75,7 @@ class Args:
 def make_env(env_id, seed):
     # point_mass_easy -> (point_mass, easy), finger_turn_easy -> (finger, turn_easy); ids are checked by check_task
     if env_id in SPECIAL_TASKS:
-        import sys
-
-        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # the repo root
         from continuous_envs import load_cheetah_run_backward
 
         env = load_cheetah_run_backward(seed)
