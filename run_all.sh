@@ -32,8 +32,9 @@ CPU_EXPERT_DMC="${CPU_EXPERT_DMC---num-transitions 10000}"
 CPU_EXPERT_MW="${CPU_EXPERT_MW---num-transitions 10000}"
 # per-task expert flags, appended to the suite's: "task=flags" entries separated by ';'. finger_spin's cpu videos are
 # DART-style (the MPC demonstrator's actions + N(0, 0.2^2) noise, executed and recorded; README "The cpu subset"):
-# with them behaviour cloning on the true actions reaches 0.58 normalised, with the clean MPC videos 0.18-0.22
-CPU_EXPERT_TASK_FLAGS="${CPU_EXPERT_TASK_FLAGS-finger_spin=--deterministic --action-noise 0.2}"
+# with them behaviour cloning on the true actions reaches 0.58 normalised, with the clean MPC videos 0.18-0.22;
+# cheetah_run_backward's likewise (0.84; the plan-reusing MPC's videos 0.38)
+CPU_EXPERT_TASK_FLAGS="${CPU_EXPERT_TASK_FLAGS-finger_spin=--deterministic --action-noise 0.2;cheetah_run_backward=--deterministic --action-noise 0.2}"
 # Procgen tasks whose cpu-scale videos come from the planner distilled into a CNN policy (issue 11; README "The cpu
 # subset"): planner videos in $DATA_DIR/<task>_planner -> python bcvlr.py --true-action-bc on them (seed 1, the cpu
 # learner flags) -> experts/policy_expert.py records that policy's episodes into $DATA_DIR/<task>
@@ -51,8 +52,8 @@ FULL_EXPERT_TASK_FLAGS="${FULL_EXPERT_TASK_FLAGS-}"  # per-task expert flags, as
 PROCGEN_GAMES="bigfish bossfight caveflyer chaser climber coinrun dodgeball fruitbot heist jumper leaper maze miner \
 ninja plunder starpilot"
 # DMC tasks experts/dmc_expert.py can record (add others here if you already have their videos and info.json)
-DMC_TASKS="point_mass_easy reacher_easy reacher_hard finger_spin cup_catch"
-FULL_TASKS="$PROCGEN_GAMES point_mass_easy reacher_easy reacher_hard finger_spin cup_catch \
+DMC_TASKS="point_mass_easy reacher_easy reacher_hard finger_spin cup_catch cheetah_run_backward"
+FULL_TASKS="$PROCGEN_GAMES point_mass_easy reacher_easy reacher_hard finger_spin cup_catch cheetah_run_backward \
 faucet-open-v3 reach-v3 drawer-open-v3 faucet-close-v3"
 # cpu subset, by README's rule ("The cpu subset"): the tasks whose true-action ceiling at --scale cpu reached >= 0.5
 # normalised (mean over the seeds measured). Not reached: coinrun 0.37, jumper 0.03, reacher_easy 0.0-0.7 by seed,
@@ -60,7 +61,8 @@ faucet-open-v3 reach-v3 drawer-open-v3 faucet-close-v3"
 # finger_spin enters with DART videos of noise 0.2 (0.58; noise 0.1: 0.27; CPU_EXPERT_TASK_FLAGS above).
 # coinrun (0.37 with the planner's videos) enters with the planner distilled into a CNN (CPU_DISTILLED_TASKS; 1.13 normalised by that policy's return).
 # Added 2026-11-27 by the same rule: cup_catch 0.67 and drawer-open-v3 1.00 (three seeds); fruitbot 0.02 (planner) did not pass.
-CPU_TASKS="point_mass_easy cup_catch finger_spin faucet-close-v3 drawer-open-v3 coinrun"
+# Added 2026-11-28: cheetah_run_backward 0.84 (DART videos, three seeds); cup_catch's DART videos 0.28-0.37 did not pass.
+CPU_TASKS="point_mass_easy cup_catch finger_spin cheetah_run_backward faucet-close-v3 drawer-open-v3 coinrun"
 VARIANTS="${VARIANTS:-bcvlr no_finetune true_action_bc}"
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -77,7 +79,7 @@ Runs the whole BCV-LR evaluation: expert videos, two variants x seeds per task, 
                   tasks: $CPU_TASKS
            full : the paper's sizes and budgets (the learners' defaults; no extra flags)
                   tasks: the 16 Procgen games; DMC point_mass_easy reacher_easy reacher_hard finger_spin
-                  cup_catch; Metaworld faucet-open-v3 reach-v3 drawer-open-v3 faucet-close-v3
+                  cup_catch cheetah_run_backward; Metaworld faucet-open-v3 reach-v3 drawer-open-v3 faucet-close-v3
   task     optional subset. Suite: a Procgen game -> procgen (bcvlr.py); a name ending in -v3 -> metaworld
            (bcvlr_continuous.py); one of [$DMC_TASKS] -> dmc (bcvlr_continuous.py).
            Unknown names stop the script before anything runs.
@@ -111,7 +113,8 @@ Steps:
   1. Expert videos: for every task without \$DATA_DIR/<task>/info.json, run
        python experts/<suite>_expert.py --env-id <task> --out-dir \$DATA_DIR/<task> <expert flags>
      (<expert flags>: the suite's CPU_EXPERT_* / FULL_EXPERT_* variable, then the task's own entry, if any, of
-     CPU_EXPERT_TASK_FLAGS / FULL_EXPERT_TASK_FLAGS; cpu: finger_spin gets "--deterministic --action-noise 0.2")
+     CPU_EXPERT_TASK_FLAGS / FULL_EXPERT_TASK_FLAGS; cpu: finger_spin and cheetah_run_backward get "--deterministic
+     --action-noise 0.2")
      (cpu scale, the Procgen tasks in CPU_DISTILLED_TASKS ($CPU_DISTILLED_TASKS): planner videos in
      \$DATA_DIR/<task>_planner, then bcvlr.py --true-action-bc on them, then experts/policy_expert.py records that
      policy into \$DATA_DIR/<task>; the expert flags go to both expert scripts)
