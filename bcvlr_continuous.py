@@ -222,7 +222,8 @@ class Args:
 # README, "Differences". Online budget: the paper's env steps (env steps are cheap on a CPU, gradient updates are not).
 # Exploration: expl_std 1.0, not the official 0.5 (the videos' actions are near +-1 on finger_spin; the replay needs
 # such actions for d(p(.)) to decode them). L_ft: 50 updates x 128 pairs per round, 1/8 of the official replay samples:
-# with expl_std 1.0 as good as the official count (400) on finger_spin and ~4x faster (with 0.5, 50 learned less).
+# with expl_std 1.0 as good as the official count (400) on finger_spin and ~4x faster (with 0.5, 50 learned less);
+# cheetah_run_backward learns with both changes, not with expl_std 1.0 alone (README, "Exploration noise").
 CPU_SCALE = dict(
     encoder_channels=16, feature_pool=2, impala_scale=1, wm_scale=8, policy_hidden=256, feature_norm=True,
     ssl_steps=300, ssl_batch_size=64, lam_steps=2000, lam_batch_size=64, vq_decay=0.99, wm_tanh=False, probe_every=1000,

@@ -10,7 +10,7 @@
 #         (DMC/Metaworld) and 9-13 min (Procgen); BCV-LR on coinrun (100k steps) 32 min, on point_mass_easy with
 #         40k frames 24 min (so about an hour with the paper's 100k), no_finetune on coinrun 9 min; BCV-LR on
 #         cup_catch (100k frames) 54 min, on faucet-close-v3 and drawer-open-v3 (50k steps) 58-63 min with 3-5 runs
-#         on the 2 cores; on finger_spin 50-54 min with 3 runs; no_finetune 5-40 min (all with the old preset's 50
+#         on the 2 cores; on finger_spin 50-54 min with 3 runs; no_finetune 5-40 min (all with the sixth session's 50
 #         L_ft updates; at 400, finger_spin's online stage took 47-71 min with 2-5 runs; the current preset is 50 again, with
 #         exploration noise 1.0: 16-30 min with 4-10 runs, cheetah_run_backward 33-35 min).
 #         The whole cpu run (6 tasks x 3 seeds x 3 variants) has NOT been timed; from these numbers it would take
