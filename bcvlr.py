@@ -190,6 +190,9 @@ class Args:
     """vector steps of uniform-random actions before the first update (counted in the budget)"""
     buffer_size: int = 20_000
     """replay capacity in 3-frame windows (FIFO)"""
+    expl_epsilon: float = 0.0
+    """share of online actions drawn uniformly at random instead of from d(pi(o)) (0 = the official code, which only
+    samples from d(pi(o))); keeps every action in the replay on which L_ft fits p and d"""
     ft_updates: int = 60
     """L_ft updates of p and d per iteration"""
     ft_batch_size: int = 512
@@ -928,6 +931,8 @@ if __name__ == "__main__":
                                 "carry none (no 'ta' array; experts/procgen_expert.py and LAPO's data have it)")
         if args.true_action_bc and args.labelled_video_transitions:
             raise DataError("--true-action-bc and --labelled-video-transitions are two different controls; pick one")
+        if not 0.0 <= args.expl_epsilon <= 1.0:
+            raise DataError(f"--expl-epsilon is a probability, in [0, 1] (got {args.expl_epsilon})")
     except DataError as e:
         raise SystemExit(f"error: {e}")
     if args.videos_on_gpu and device.type == "cuda":  # gathered on the GPU from here on (see --videos-on-gpu)
@@ -1138,6 +1143,9 @@ if __name__ == "__main__":
                                    else encoder(normalize(torch.from_numpy(next_obs).to(device).permute(0, 3, 1, 2))))
                         logits = decoder(policy.from_features(feats_t))  # = d(pi(o_t)): pi's frozen f is f
                         action = torch.distributions.Categorical(logits=logits).sample().cpu().numpy()
+                    if args.expl_epsilon > 0:  # epsilon-uniform exploration (not in the official code)
+                        uniform = np.random.rand(args.num_envs) < args.expl_epsilon
+                        action = np.where(uniform, np.random.randint(NUM_ACTIONS, size=args.num_envs), action)
                 # TRY NOT TO MODIFY: execute the game and log data.
                 item_t = next_item
                 next_obs, reward, done, _ = envs.step(action)

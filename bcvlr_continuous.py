@@ -79,7 +79,8 @@ class Args:
     total_timesteps: int = -1
     """online budget in env steps (DMControl: frames = agent steps x action repeat); -1 = 100k DMControl, 50k Metaworld"""
     action_repeat: int = -1
-    """env steps per agent action (rewards summed); -1 = 2 for DMControl, 1 for Metaworld"""
+    """env steps per agent action (rewards summed); -1 = 2 for DMControl, 1 for Metaworld. Must be the videos' own
+    (their info.json's render.action_repeat, checked when present; experts/ --action-repeat records them)"""
     max_episode_steps: int = 0
     """cut episodes after this many agent steps (for quick tests); 0 = the env's own limit (DMC 1000 frames, Metaworld 500)"""
     video_dir: str = "expert_data/{env_id}"
@@ -984,6 +985,13 @@ if __name__ == "__main__":
                                args.max_video_memory_gb)
 
         own_videos = videos_of(args.env_id)  # online re-cloning uses env_id's videos
+        info_path = os.path.join(args.video_dir.format(env_id=args.env_id), "info.json")  # written by experts/
+        if os.path.isfile(info_path):  # the videos' action repeat must be the agent's, or their frame pairs differ
+            with open(info_path) as f:
+                recorded = (json.load(f).get("render") or {}).get("action_repeat")
+            if recorded is not None and recorded != args.action_repeat:
+                raise DataError(f"the videos of {args.env_id} were recorded at action repeat {recorded} ({info_path}), "
+                                f"the agent acts at {args.action_repeat}: pass --action-repeat {recorded}")
         offline_videos = own_videos  # multi-task pretraining: the videos of all --video-env-ids, mixed
         if video_env_ids != (args.env_id,):
             offline_videos = VideoData([vars(own_videos) if e == args.env_id else vars(videos_of(e)) for e in video_env_ids])

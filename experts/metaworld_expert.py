@@ -26,7 +26,7 @@ class Args:
     env_id: str = "reach-v3"
     """the Metaworld v3 task (any MT1 task with a scripted policy in metaworld.policies)"""
     num_transitions: int = 50000
-    """train transitions to record (500 per episode)"""
+    """train transitions to record (500 / action_repeat per episode)"""
     test_fraction: float = 0.0
     """an extra test/ split with this fraction of num_transitions (0: none, as in the paper's continuous data)"""
     seed: int = 1
@@ -41,6 +41,9 @@ class Args:
     """episodes of a uniform random policy (no rendering) measured for info.json (0 to skip)"""
     max_episodes: int = 0
     """stop after this many episodes (0 = no limit; for quick measurements)"""
+    action_repeat: int = 1
+    """simulator steps per recorded action (rewards summed, success if reached at any of them), as the learner's
+    --action-repeat; the scripted policy acts on every recorded frame. 1 = bcvlr_continuous.py's default for Metaworld"""
     skip_failed: bool = True
     """do not record episodes in which the scripted policy never succeeds (they are counted in info.json)"""
 
@@ -63,18 +66,23 @@ def stack_frames(frames):
     return np.concatenate([padded[:-2], padded[1:-1], padded[2:]], axis=1)
 
 
-def run_episode(env, policy, render_frames=True, rng=None):
+def run_episode(env, policy, render_frames=True, rng=None, action_repeat=1):
     state, _ = env.reset()
     frames, actions, rewards, success = [], [], [], []
-    for _ in range(env.unwrapped.max_path_length):
+    steps, done = 0, False
+    while not done and steps < env.unwrapped.max_path_length:
         if render_frames:
             frames.append(render(env))
         action = rng.uniform(-1, 1, 4) if policy is None else policy.get_action(state)
         action = np.clip(action, -1, 1).astype(np.float32)
-        state, reward, terminated, truncated, info = env.step(action)
-        actions.append(action), rewards.append(reward), success.append(bool(info["success"]))
-        if terminated or truncated:
-            break
+        reward, solved = 0.0, False
+        for _ in range(action_repeat):  # the same action for action_repeat simulator steps
+            state, r, terminated, truncated, info = env.step(action)
+            reward, solved, steps = reward + r, solved or bool(info["success"]), steps + 1
+            done = terminated or truncated or steps >= env.unwrapped.max_path_length
+            if done:
+                break
+        actions.append(action), rewards.append(reward), success.append(solved)
     ep = dict(ta=np.stack(actions), rewards=np.asarray(rewards, np.float32), success=np.asarray(success))
     if render_frames:
         ep["obs"] = stack_frames(np.stack(frames))
@@ -92,7 +100,7 @@ if __name__ == "__main__":
     pbar = tqdm(total=total, initial=min(writer.num_recorded, total), desc=args.env_id, unit="frame")
     start, successes = time.time(), []
     while not writer.done and not (args.max_episodes and len(successes) >= args.max_episodes):
-        ep = run_episode(env, policy)
+        ep = run_episode(env, policy, action_repeat=args.action_repeat)
         successes.append(ep["success"].any())
         if args.skip_failed and not successes[-1]:
             continue
@@ -109,7 +117,8 @@ if __name__ == "__main__":
     rand_ret = rand_succ = None
     if args.random_episodes:
         renv, rng = make_env(args.env_id, args.seed + 10**6, render=False), np.random.default_rng(args.seed)
-        rand_eps = [run_episode(renv, None, render_frames=False, rng=rng) for _ in range(args.random_episodes)]
+        rand_eps = [run_episode(renv, None, render_frames=False, rng=rng, action_repeat=args.action_repeat)
+                    for _ in range(args.random_episodes)]
         rand_ret = float(np.mean([e["rewards"].sum() for e in rand_eps]))
         rand_succ = float(np.mean([e["success"].any() for e in rand_eps]))
     files = [os.path.join(out_dir, s, f) for s in ("train", "test") for f in os.listdir(os.path.join(out_dir, s)) if f.endswith(".npz")]
@@ -123,6 +132,7 @@ if __name__ == "__main__":
                       demonstrator_success_rate_this_run=float(np.mean(successes)), skip_failed=args.skip_failed,
                       demonstrator=f"metaworld.policies.{type(policy).__name__} (scripted, state-based)",
                       render={"camera_name": "corner2", "width": 64, "height": 64, "offsamples": 0, "shadowsize": 0,
-                              "flip": "img[::-1, ::-1]", "frame_stack": 3, "action_repeat": 1, "episode_length": 500})
+                              "flip": "img[::-1, ::-1]", "frame_stack": 3, "action_repeat": args.action_repeat,
+                              "episode_length": -(-500 // args.action_repeat)})
     print({k: info[k] for k in ("num_transitions", "num_episodes", "ep_return_mean", "success_rate", "random_return_mean", "random_success_rate")})
     print(f"expert videos in {out_dir}; train on them with: python bcvlr_continuous.py --env-id {args.env_id} --video-dir {out_dir}")

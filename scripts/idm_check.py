@@ -74,6 +74,9 @@ class Args:
     action_repeat: int = -1
     """DMControl/Metaworld: simulator steps per agent action in the random play (-1: bcvlr_continuous.py's default, 2 for
     DMControl and 1 for Metaworld); a larger repeat lets the action move the scene further between two frames"""
+    action_hold: int = 1
+    """DMControl/Metaworld: the random action is drawn anew every this many agent steps (1: every step). Metaworld's
+    hand follows a mocap that integrates the actions, so a held action moves it further than a fresh one each step"""
     reference_cnn: bool = False
     """instead of the learner's f and p, a plain CNN on the raw pixels of (o_t, o_{t+1}) (4 convs, 3 of stride 2, 32
     channels, MLP 256): not BCV-LR, a reference for whether the frames carry the action at this budget"""
@@ -102,8 +105,9 @@ def collect_continuous(cont, args, rng):
     dim = env.action_space.shape[0]
     obs, _ = env.reset(seed=args.seed)
     pairs, actions = [], []
-    for _ in range(args.transitions):
-        action = rng.uniform(-1, 1, dim).astype(np.float32)
+    for t in range(args.transitions):
+        if t % max(1, args.action_hold) == 0:
+            action = rng.uniform(-1, 1, dim).astype(np.float32)
         nxt, _, terminated, truncated, _ = env.step(action)
         if not (terminated or truncated):
             pairs.append(np.stack([obs, nxt]))

@@ -310,6 +310,8 @@ def _bad_inputs(tmp_path, procgen_data):
     cases["ceiling without ta"] = (f"--video-dir {tmp_path}/nota {small} --true-action-bc", "carry none")
     cases["labelled without ta"] = (f"--video-dir {tmp_path}/nota {small} --labelled-video-transitions 50", "carry none")
     cases["missing checkpoint"] = (f"--video-dir {tmp_path}/shape --offline-checkpoint {tmp_path}/none.pt", "expected")
+    write_lapo_dataset(str(tmp_path / "good"), good)
+    cases["epsilon"] = (f"--video-dir {tmp_path}/good {small} --expl-epsilon 1.5", "--expl-epsilon is a probability")
     return cases
 
 
@@ -430,7 +432,7 @@ def test_end_to_end_multitask_and_ablations(tmp_path, procgen_data):
     write_lapo_dataset(str(tmp_path / "data" / "maze"), {k: v[:600] for k, v in procgen_data.items()})
     r = run_bcvlr(f"--env-id starpilot --video-env-ids bigfish maze --video-dir {tmp_path}/data/{{env_id}} {TINY} "
                   "--no-ssl-encoder --no-finetune-latent-actions --ft-wm-coef 0 --num-video-transitions 500 --no-wm-tanh "
-                  "--no-train-recon-decoder --no-bilinear-shift --scale cpu --num-threads 1",
+                  "--no-train-recon-decoder --no-bilinear-shift --scale cpu --num-threads 1 --expl-epsilon 0.5",
                   cwd=tmp_path)  # the cpu scale, with TINY's explicit sizes winning over it
     assert r.returncode == 0, r.stderr[-3000:]
     assert "torch threads: 1; scale: cpu" in r.stdout  # --num-threads reaches torch
@@ -438,6 +440,7 @@ def test_end_to_end_multitask_and_ablations(tmp_path, procgen_data):
     res = json.load(open(os.path.join(_results(tmp_path)[0], "results.json")))
     assert res["env_id"] == "starpilot" and res["video_return"] is None and res["args"]["ssl_encoder"] is False
     assert res["args"]["wm_tanh"] is False and res["args"]["feature_pool"] == 4 and res["args"]["encoder_channels"] == 2
+    assert res["args"]["expl_epsilon"] == 0.5
 
 
 def _square_frames(n, seed):

@@ -477,6 +477,7 @@ BAD_CASES = {
     "too_few": ("reacher_hard", "too_few", "usable frame pairs"),
     "unknown_env": ("nope_nothing", "too_few", "unknown env id"),
     "ceiling_without_ta": ("reacher_hard", "no_ta", "--true-action-bc learns from the videos' true actions"),
+    "other_action_repeat": ("reacher_hard", "repeat_8", "recorded at action repeat 8"),
 }
 
 
@@ -494,8 +495,10 @@ def test_bad_input_is_one_line_error(tmp_path, case):
         np.savez(folder / "train" / "0.npz", obs=np.zeros((40, 9, 64, 64), np.float32))
     elif kind == "too_few":
         np.savez(folder / "train" / "0.npz", obs=np.zeros((5, 9, 64, 64), np.uint8))
-    elif kind == "no_ta":
+    elif kind in ("no_ta", "repeat_8"):
         np.savez(folder / "train" / "0.npz", obs=np.zeros((40, 9, 64, 64), np.uint8))
+    if kind == "repeat_8":  # info.json as experts/ write it, for videos recorded at another action repeat
+        (folder / "info.json").write_text(json.dumps({"render": {"action_repeat": 8}}))
     flags = ["--true-action-bc"] if kind == "no_ta" else []
     result = run(["--env-id", env_id, "--video-dir", str(folder), *TINY, *flags], tmp_path)
     output = result.stdout + result.stderr

@@ -115,6 +115,21 @@ def test_metaworld_reach_succeeds(tmp_path):
     check_continuous_loader(out, "reach-v3")
 
 
+def test_metaworld_action_repeat_records_one_frame_per_repeated_action(tmp_path):
+    pytest.importorskip("metaworld")
+    out = tmp_path / "reach-v3-r8"
+    info = run_expert("metaworld_expert.py", out, "--env-id", "reach-v3", "--num-transitions", "126", "--random-episodes",
+                      "2", "--action-repeat", "8")
+    chunks = load_split(out)
+    check_chunks(chunks, (9, 64, 64), np.float32, act_dim=4)
+    check_frame_stacks(chunks)
+    d = chunks[0]
+    assert len(d["done"]) == 126 and np.flatnonzero(d["done"]).tolist() == [62, 125]  # 500 steps = 63 actions of 8
+    assert d["success"].any() and info["success_rate"] == 1.0
+    assert info["render"]["action_repeat"] == 8 and info["render"]["episode_length"] == 63
+    assert info["ep_return_mean"] > info["random_return_mean"]  # rewards summed over the 8 steps of each action
+
+
 @pytest.mark.parametrize("env_id", ["reacher_easy", "point_mass_easy", "finger_turn_easy"])
 def test_dmc_controller_beats_random(tmp_path, env_id):
     pytest.importorskip("dm_control")

@@ -212,3 +212,14 @@ def test_evaluate_script_reproduces_the_learners_own_evaluation(tmp_path):
     torch.save({"encoder": {}, "args": {}}, tmp_path / "offline.pt")
     with pytest.raises(SystemExit, match="is not a .cleanrl_model of bcvlr.py or bcvlr_continuous.py"):
         main(Args(model=str(tmp_path / "offline.pt")))
+
+
+def test_idm_check_action_hold_keeps_the_random_action_for_k_steps():
+    import bcvlr_continuous as cont
+    from idm_check import Args, collect_continuous
+
+    _, held = collect_continuous(cont, Args(env_id="reacher_easy", transitions=12, action_hold=4), np.random.default_rng(0))
+    assert len(held) == 12 and all(np.array_equal(held[i], held[i - i % 4]) for i in range(12))
+    assert not np.array_equal(held[3], held[4]) and not np.array_equal(held[7], held[8])
+    _, fresh = collect_continuous(cont, Args(env_id="reacher_easy", transitions=12), np.random.default_rng(0))
+    assert len({a.tobytes() for a in fresh}) == 12  # default: a new action every step
