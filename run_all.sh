@@ -13,7 +13,9 @@
 #         on the 2 cores; on finger_spin 50-54 min with 3 runs; no_finetune 5-40 min (all with the sixth session's 50
 #         L_ft updates; at 400, finger_spin's online stage took 47-71 min with 2-5 runs; the current preset is 50 again, with
 #         exploration noise 1.0: 16-30 min with 4-10 runs, cheetah_run_backward 33-35 min).
-#         The whole cpu run (6 tasks x 3 seeds x 3 variants) has NOT been timed; from these numbers it would take
+#         Metaworld at action repeat 8 (thirteenth session, 4-8 runs on the 2 cores): BCV-LR 39-40 min, no_finetune
+#         15-18 min, the ceiling 5-6 min; finger_spin through run_all.sh: 66 min per seed for the three variants.
+#         The whole cpu run (7 tasks x 3 seeds x 3 variants) has NOT been timed; from these numbers it would take
 #         many hours, well over the 150 minutes that issue 12 asks for.
 set -u
 
