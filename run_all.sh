@@ -30,7 +30,7 @@ set -u
 CPU_PROCGEN_FLAGS="${CPU_PROCGEN_FLAGS---scale cpu --no-cuda}"
 CPU_CONT_FLAGS_DMC="${CPU_CONT_FLAGS_DMC---scale cpu --no-cuda}"
 # Metaworld at the cpu scale acts and records at action repeat 8 (default 1): at 64x64 a random action moves the hand
-# 0.2 cm per simulator step, far under a pixel, and a pixel CNN reads no action from random play at repeats 1, 2 and 4;
+# 0.17 cm per step at repeat 1, far under a pixel, and a pixel CNN reads no action from random play at repeats 1, 2 and 4;
 # at 8 it does (README "Where it fails", item 2). Rounds every 125 agent steps = the same 1 000 env steps as at repeat 1.
 CPU_CONT_FLAGS_MW="${CPU_CONT_FLAGS_MW---scale cpu --no-cuda --action-repeat 8 --iteration-steps 125 --warmup-steps 124}"
 CPU_EXPERT_PROCGEN="${CPU_EXPERT_PROCGEN---num-transitions 10000 --test-fraction 0.05}"
