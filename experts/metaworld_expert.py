@@ -70,7 +70,7 @@ def run_episode(env, policy, render_frames=True, rng=None, action_repeat=1):
     state, _ = env.reset()
     frames, actions, rewards, success = [], [], [], []
     steps, done = 0, False
-    while not done and steps < env.unwrapped.max_path_length:
+    while not done:  # done also when the episode reaches max_path_length simulator steps
         if render_frames:
             frames.append(render(env))
         action = rng.uniform(-1, 1, 4) if policy is None else policy.get_action(state)
@@ -91,6 +91,8 @@ def run_episode(env, policy, render_frames=True, rng=None, action_repeat=1):
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
+    if args.action_repeat < 1:
+        raise SystemExit(f"error: --action-repeat must be at least 1 (got {args.action_repeat})")
     out_dir = args.out_dir.format(env_id=args.env_id)
     writer = EpisodeWriter(out_dir, args.num_transitions, int(args.test_fraction * args.num_transitions), args.chunk_size,
                            args.num_previews, preview_fn=lambda obs: obs[:, 6:].transpose(0, 2, 3, 1))
