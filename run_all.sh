@@ -14,9 +14,11 @@
 #         L_ft updates; at 400, finger_spin's online stage took 47-71 min with 2-5 runs; the current preset is 50 again, with
 #         exploration noise 1.0: 16-30 min with 4-10 runs, cheetah_run_backward 33-35 min).
 #         Metaworld at action repeat 8 (thirteenth session, 4-8 runs on the 2 cores): BCV-LR 39-40 min, no_finetune
-#         15-18 min, the ceiling 5-6 min; finger_spin through run_all.sh: 66 min per seed for the three variants.
-#         The whole cpu run (7 tasks x 3 seeds x 3 variants) has NOT been timed; from these numbers it would take
-#         many hours, well over the 150 minutes that issue 12 asks for.
+#         15-18 min, the ceiling 5-6 min.
+#         Timed (fourteenth session, WORKERS=2, nothing else but 9 % of the CPU at nice 19): `run_all.sh cpu finger_spin
+#         cheetah_run_backward` 68 min in all, 22-23 min per (task, seed) job: BCV-LR 14-15 min, no_finetune 7-8, the
+#         ceiling 1 (README "Time per run"). The whole cpu run (7 tasks x 3 seeds x 3 variants) has NOT been timed; from
+#         these numbers it would take about 4-5 hours, well over the 150 minutes that issue 12 asks for.
 set -u
 
 # ============================================================================================================
